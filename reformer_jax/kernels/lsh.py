@@ -1,0 +1,343 @@
+"""LSH self-attention with shared queries and keys (Reformer section 3, Trax HEAD semantics).
+
+Pipeline for each (example, head): hash every position into a bucket per hash round by random
+rotations; sort the rounds' positions by (round, bucket, position); cut the sorted sequence into
+chunks; let each chunk attend to itself and its neighbours (wrapping around, so the first chunk
+of a round looks back into the previous round); unsort; combine the rounds weighted by their
+softmax normalisers. Time is O(n_hashes * L * log L) for the sort plus O(n_hashes * L * chunk_len
+* window) for the attention; memory is linear in L.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reformer_jax.kernels.masking import (
+    check_qkv,
+    dropout,
+    look_around,
+    mask_values,
+    pad_to_multiple,
+    score_dtype,
+)
+
+NBuckets = int | Sequence[int]
+
+
+def auto_n_buckets(length: int, chunk_len: int) -> NBuckets:
+    """The lineage's automatic bucket count: about two buckets per chunk.
+
+    ``n = 2 * max(1, length // chunk_len)``; above 128 buckets it is factorised into two factors
+    (to keep the rotation matrix small): ``[2**ceil(log2(sqrt(n))), 2 * (n // (2 * first))]``.
+    enwik8 (65536 / 256) gives ``[32, 16]``; imagenet64 (12288 / 128) gives ``[16, 12]``.
+    """
+    n = 2 * max(1, length // chunk_len)
+    if n <= 128:
+        return n
+    first = 2 ** math.ceil(math.log2(math.sqrt(n)))
+    return [first, 2 * (n // (2 * first))]
+
+
+def _factors(n_buckets: NBuckets) -> list[int]:
+    factors = [int(n_buckets)] if isinstance(n_buckets, int | np.integer) else list(n_buckets)
+    if not factors or any(f < 2 or f % 2 for f in factors):
+        raise ValueError(
+            f"n_buckets must be an even int >= 2 or a list of such factors, got {n_buckets!r}: "
+            "each bucket pairs a rotation direction with its negation"
+        )
+    return [int(f) for f in factors]
+
+
+def total_buckets(n_buckets: NBuckets) -> int:
+    """Number of buckets per round (the product of the factors)."""
+    return int(np.prod(_factors(n_buckets)))
+
+
+def rotation_columns(n_buckets: NBuckets) -> int:
+    """Columns of the rotation matrix: ``n // 2``, or ``sum(factors) // 2`` when factorised."""
+    return sum(f // 2 for f in _factors(n_buckets))
+
+
+def draw_rotations(
+    key: jax.Array,
+    n_heads: int,
+    d_head: int,
+    n_hashes: int,
+    n_buckets: NBuckets,
+    dtype: jnp.dtype = jnp.float32,
+) -> jax.Array:
+    """Draws the random rotations: i.i.d. N(0, 1), ``[n_heads, d_head, n_hashes, columns]``.
+
+    ``columns = rotation_columns(n_buckets)``. Shared across the batch (as Hugging Face does); not
+    orthogonalised. Draw fresh ones per step in training and fixed ones for evaluation.
+    """
+    shape = (n_heads, d_head, n_hashes, rotation_columns(n_buckets))
+    return jax.random.normal(key, shape, dtype)
+
+
+def hash_vectors(
+    x: jax.Array,
+    rotations: jax.Array,
+    n_buckets: NBuckets,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """Angular LSH: bucket ids per hash round.
+
+    Args:
+      x: ``[batch, heads, length, d_head]`` vectors (the un-normalised shared query/keys).
+      rotations: ``[heads, d_head, n_hashes, rotation_columns(n_buckets)]``.
+      n_buckets: even int, or a list of even factors (mixed radix ``b0 + f0*b1 + f0*f1*b2 ...``,
+        each factor hashed on its own slice of columns).
+      mask: optional ``[batch, length]`` bool, True for real tokens; padded positions go into an
+        extra bucket ``total_buckets(n_buckets)`` that sorts after every real bucket.
+
+    Returns:
+      int32 ``[batch, heads, n_hashes, length]`` with ids in ``[0, total_buckets]``
+      (``argmax`` over ``[xR, -xR]``). Carries no gradient.
+    """
+    factors = _factors(n_buckets)
+    if rotations.ndim != 4 or rotations.shape[-1] != rotation_columns(factors):
+        raise ValueError(
+            f"rotations must be [heads, d_head, n_hashes, {rotation_columns(factors)}] for "
+            f"n_buckets={n_buckets!r}, got {rotations.shape}; draw them with draw_rotations"
+        )
+    x = jax.lax.stop_gradient(x)
+    rotated = jnp.einsum(
+        "bhld,hdkr->bhklr",
+        x,
+        rotations.astype(x.dtype),
+        preferred_element_type=score_dtype(x.dtype),
+    )
+    buckets = jnp.zeros(rotated.shape[:-1], jnp.int32)
+    column, radix = 0, 1
+    for factor in factors:
+        part = rotated[..., column : column + factor // 2]
+        ids = jnp.argmax(jnp.concatenate([part, -part], axis=-1), axis=-1).astype(jnp.int32)
+        buckets = buckets + radix * ids
+        column += factor // 2
+        radix *= factor
+    if mask is not None:
+        buckets = jnp.where(mask[:, None, None, :].astype(bool), buckets, radix)
+    return buckets
+
+
+def unit_keys(qk: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Keys of shared-QK attention: ``qk`` scaled to unit length (Trax's length normalisation)."""
+    dtype = score_dtype(qk.dtype)
+    x = qk.astype(dtype)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+    return (x / math.sqrt(qk.shape[-1])).astype(qk.dtype)
+
+
+def lsh_attention(
+    qk: jax.Array,
+    v: jax.Array,
+    rotations: jax.Array,
+    *,
+    n_buckets: NBuckets | None = None,
+    chunk_len: int,
+    n_chunks_before: int = 1,
+    n_chunks_after: int = 0,
+    causal: bool = False,
+    mask: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    dropout_key: jax.Array | None = None,
+    attend_across_buckets: bool = True,
+    buckets: jax.Array | None = None,
+) -> jax.Array:
+    """LSH self-attention with shared queries and keys.
+
+    Args:
+      qk: shared queries/keys ``[batch, heads, length, d_head]``. Queries are used as they are;
+        keys are ``qk`` normalised to unit length; scores are ``q . k_hat`` (no 1/sqrt(d)).
+      v: values ``[batch, heads, length, d_v]``.
+      rotations: ``[heads, d_head, n_hashes, rotation_columns(n_buckets)]`` from
+        :func:`draw_rotations`; the number of hash rounds is ``rotations.shape[2]``.
+      n_buckets: even int, list of even factors, or None for :func:`auto_n_buckets` of the
+        (padded) length.
+      chunk_len: positions per chunk of the sorted sequence. Any length works: the sequence is
+        padded to a multiple of ``chunk_len`` internally and the padding masked.
+      n_chunks_before, n_chunks_after: neighbouring sorted chunks each chunk attends to.
+      causal: query i never attends to a key at a later position.
+      mask: ``[batch, length]`` bool, True for real tokens. Padded keys are never attended to, at
+        any position; padded positions hash into their own bucket.
+      dropout_rate, dropout_key: dropout on the attention probabilities.
+      attend_across_buckets: False is the paper-era variant that masks keys from another bucket
+        (or another round) sharing the chunk window.
+      buckets: optional precomputed ``hash_vectors(qk, rotations, n_buckets, mask)`` output
+        ``[batch, heads, n_hashes, length]``; the backward of a reversible layer passes the
+        forward's ids so that reconstruction drift cannot move a token to another bucket.
+
+    Returns:
+      ``[batch, heads, length, d_v]``. A token attends to itself only when no other key is
+      allowed. Rounds are combined as ``sum_r out_r * softmax_r(lse_r)``: one
+      softmax over the union of all rounds' candidates, duplicates counted per appearance.
+      Gradients flow to ``qk`` (as query and as key) and ``v``; hashing is not differentiated.
+      The backward pass recomputes the chunked scores instead of storing them.
+    """
+    check_qkv("lsh_attention", qk, v)
+    if chunk_len < 1 or n_chunks_before < 0 or n_chunks_after < 0:
+        raise ValueError(
+            f"lsh_attention: chunk_len must be >= 1 and n_chunks_before/after >= 0, got "
+            f"chunk_len={chunk_len}, n_chunks_before={n_chunks_before}, "
+            f"n_chunks_after={n_chunks_after}"
+        )
+    batch, heads, length, _ = qk.shape
+    padded_len = length + (-length) % chunk_len
+    if n_buckets is None:
+        n_buckets = auto_n_buckets(padded_len, chunk_len)
+    n_hashes = rotations.shape[2]
+    if rotations.shape[:2] != (heads, qk.shape[-1]):
+        raise ValueError(
+            f"rotations {rotations.shape} do not match qk {qk.shape}: expected "
+            f"[{heads}, {qk.shape[-1]}, n_hashes, columns]"
+        )
+
+    if buckets is None:
+        buckets = hash_vectors(qk, rotations, n_buckets, mask)
+    elif buckets.shape != (batch, heads, n_hashes, length):
+        raise ValueError(
+            f"buckets must be [batch, heads, n_hashes, length] = "
+            f"{(batch, heads, n_hashes, length)}, got {buckets.shape}"
+        )
+    valid = None
+    if mask is not None or padded_len != length:
+        valid = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
+        valid = pad_to_multiple(valid, chunk_len, axis=1, value=False)
+    pad_bucket = total_buckets(n_buckets)
+    buckets = pad_to_multiple(buckets, chunk_len, axis=3, value=pad_bucket)
+    qk = pad_to_multiple(qk, chunk_len, axis=2)
+    v = pad_to_multiple(v, chunk_len, axis=2)
+
+    # Sorting each round by bucket with a stable sort orders by (bucket, position); laying the
+    # rounds end to end then gives the global (round, bucket, position) order without ever
+    # forming the (round * n_buckets + bucket) * length + position keys, which overflow int32.
+    buckets = jax.lax.stop_gradient(buckets)
+    sorted_pos = jnp.argsort(buckets, axis=-1, stable=True).astype(jnp.int32)
+    rank_in_round = jnp.put_along_axis(
+        jnp.zeros_like(sorted_pos),
+        sorted_pos,
+        jnp.broadcast_to(jnp.arange(padded_len, dtype=jnp.int32), sorted_pos.shape),
+        axis=-1,
+        inplace=False,
+    )
+    round_start = (jnp.arange(n_hashes, dtype=jnp.int32) * padded_len)[:, None]
+    unsort = (rank_in_round + round_start).reshape(batch, heads, n_hashes * padded_len)
+    sorted_pos = sorted_pos.reshape(batch, heads, n_hashes * padded_len)
+    sorted_buckets = None
+    if not attend_across_buckets:
+        # Round-distinct ids, so keys reached from another round never count as the same bucket.
+        sorted_buckets = jnp.take_along_axis(buckets, sorted_pos.reshape(buckets.shape), axis=-1)
+        sorted_buckets = sorted_buckets + (jnp.arange(n_hashes) * (pad_bucket + 1))[:, None]
+        sorted_buckets = sorted_buckets.reshape(batch, heads, -1)
+
+    attend = jax.checkpoint(
+        partial(
+            _attend_sorted,
+            chunk_len=chunk_len,
+            n_chunks_before=n_chunks_before,
+            n_chunks_after=n_chunks_after,
+            n_hashes=n_hashes,
+            causal=causal,
+            dropout_rate=dropout_rate,
+        ),
+        policy=jax.checkpoint_policies.nothing_saveable,
+    )
+    out = attend(
+        qk,
+        v,
+        sorted_pos,
+        unsort,
+        valid,
+        sorted_buckets,
+        dropout_key,
+    )
+    return out[:, :, :length]
+
+
+def _attend_sorted(
+    qk: jax.Array,
+    v: jax.Array,
+    sorted_pos: jax.Array,
+    unsort: jax.Array,
+    valid: jax.Array | None,
+    sorted_buckets: jax.Array | None,
+    dropout_key: jax.Array | None,
+    *,
+    chunk_len: int,
+    n_chunks_before: int,
+    n_chunks_after: int,
+    n_hashes: int,
+    causal: bool,
+    dropout_rate: float,
+) -> jax.Array:
+    """Chunked attention on the sorted sequence, unsort and round combination.
+
+    Called under ``jax.checkpoint``: the backward pass keeps only the inputs (O(L)) and
+    recomputes the per-chunk scores rather than storing them.
+    """
+    batch, heads, padded_len, _ = qk.shape
+    n_sorted = n_hashes * padded_len
+    n_chunks = n_sorted // chunk_len
+    gather = jax.vmap(jax.vmap(lambda x, idx: x[idx]))  # over batch and heads
+
+    def chunked(x: jax.Array) -> jax.Array:
+        return x.reshape(batch, heads, n_chunks, chunk_len, *x.shape[3:])
+
+    def window(x: jax.Array) -> jax.Array:
+        return look_around(chunked(x), n_chunks_before, n_chunks_after, axis=2)
+
+    q_sorted = gather(qk, sorted_pos)
+    k_sorted = gather(unit_keys(qk), sorted_pos)
+    v_sorted = gather(v, sorted_pos)
+
+    q_pos = chunked(sorted_pos)[..., :, None]
+    k_pos = window(sorted_pos)[..., None, :]
+    dtype = score_dtype(qk.dtype)
+    mask_value, self_value = mask_values(dtype)
+    scores = jnp.einsum(
+        "bhncd,bhnkd->bhnck", chunked(q_sorted), window(k_sorted), preferred_element_type=dtype
+    )
+    allowed = None
+
+    def both(a: jax.Array | None, b: jax.Array) -> jax.Array:
+        return b if a is None else a & b
+
+    if causal:
+        allowed = both(allowed, k_pos <= q_pos)
+    if valid is not None:
+        key_valid = jax.vmap(lambda val, pos: val[pos], in_axes=(0, 0))(valid, sorted_pos)
+        allowed = both(allowed, window(key_valid)[..., None, :])
+    if sorted_buckets is not None:
+        allowed = both(
+            allowed, chunked(sorted_buckets)[..., :, None] == window(sorted_buckets)[..., None, :]
+        )
+    if allowed is not None:
+        scores = jnp.where(allowed, scores, mask_value)
+    scores = jnp.where(q_pos == k_pos, self_value, scores)
+
+    # Normalise with the row maximum rather than exp(scores - lse): at the self-mask score
+    # (-1e5) float32 cannot hold lse's log(count) part exactly, and probabilities derived from
+    # it would not sum to one (Hugging Face returns 0.997 * v for a token that sees only itself).
+    row_max = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    unnormalised = jnp.exp(scores - row_max)
+    row_sum = jnp.sum(unnormalised, axis=-1, keepdims=True)
+    probs = unnormalised / row_sum
+    lse = row_max + jnp.log(row_sum)
+    probs = dropout(probs, dropout_rate, dropout_key)
+    out = jnp.einsum("bhnck,bhnkd->bhncd", probs.astype(v.dtype), window(v_sorted))
+
+    out = gather(out.reshape(batch, heads, n_sorted, -1), unsort)
+    lse = gather(lse.reshape(batch, heads, n_sorted), unsort)
+    out = out.reshape(batch, heads, n_hashes, padded_len, -1)
+    lse = lse.reshape(batch, heads, n_hashes, padded_len, 1)
+    if n_hashes == 1:
+        return out[:, :, 0]
+    weights = jax.nn.softmax(lse, axis=2)  # sums to one even where the lse are imprecise
+    return jnp.sum(out * weights.astype(out.dtype), axis=2)

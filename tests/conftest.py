@@ -1,0 +1,19 @@
+"""Test set-up: 8 simulated CPU devices (for sharding tests) and a float64 fixture."""
+
+import os
+
+# Must be set before JAX initialises its backends.
+os.environ.setdefault("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def x64():
+    """Runs the test with float64 enabled (exact gradient and equivalence checks)."""
+    with jax.enable_x64(True):
+        yield
