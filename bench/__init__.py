@@ -1,0 +1,1 @@
+"""Benchmarks for reformer_jax (run as modules, e.g. ``python -m bench.attention``)."""

@@ -1,0 +1,669 @@
+"""Attention kernels: forward+backward time and compiled memory against sequence length.
+
+Reproduces the setting of the Reformer paper's speed-vs-length figure: the number of tokens per
+batch is held fixed (``batch = tokens // length``), so an O(L) kernel costs the same per token at
+every length and full attention's cost per token grows linearly with L.
+
+Each configuration is one jitted ``value_and_grad`` of ``sum(out ** 2)`` with respect to the
+kernel's inputs (q, k, v for full and local attention; the shared qk and v for LSH attention,
+whose hashing is not differentiated). It is compiled first (compile time is reported separately
+and never included in the run times); if the compiled buffers would not fit in
+``--max-memory-gb`` (or in the memory the machine has available) it is skipped without running.
+Then one warm-up run, then ``--repeats`` timed runs whose median is reported. A configuration
+whose single step is estimated (from the previous length of the same kernel, scaled by XLA's
+flop count) or measured (warm-up) to take longer than ``--max-seconds`` is skipped or cut short.
+
+    python -m bench.attention                      # the full sweep (long on a small CPU)
+    python -m bench.attention --quick              # a few seconds: smoke test
+    python -m bench.attention --kinds lsh --hashes 1,8 --lengths 4096,65536
+    python -m bench.attention --from-json bench/results/attention.json --markdown
+
+Results: a table on stdout, JSON (all numbers plus machine info) at ``--out`` and a PNG next to
+it (same name, ``.png``). The JSON is rewritten after every configuration, so an interrupted run
+keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+from reformer_jax.kernels import (
+    auto_n_buckets,
+    draw_rotations,
+    full_attention,
+    local_attention,
+    lsh_attention,
+)
+
+KINDS = ("full", "local", "lsh")
+DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "attention.json"
+MIB = 2**20
+GIB = 2**30
+
+
+@dataclass
+class Result:
+    """One (kernel, hashes, length) configuration; ``status`` is ``ok``, ``partial`` or
+    ``skipped`` (``note`` says why)."""
+
+    kind: str
+    n_hashes: int | None
+    length: int
+    batch: int
+    heads: int
+    d_head: int
+    chunk_len: int | None
+    n_buckets: int | list[int] | None
+    dtype: str
+    status: str = "ok"
+    note: str = ""
+    lower_s: float | None = None
+    compile_s: float | None = None
+    first_run_s: float | None = None
+    times_s: list[float] = field(default_factory=list)
+    median_s: float | None = None
+    us_per_token: float | None = None
+    flops: float | None = None
+    gflops_per_s: float | None = None
+    user_s_per_run: float | None = None
+    sys_s_per_run: float | None = None
+    temp_bytes: int | None = None
+    argument_bytes: int | None = None
+    output_bytes: int | None = None
+    alias_bytes: int | None = None
+    generated_code_bytes: int | None = None
+
+    @property
+    def series(self) -> str:
+        return series_name(self.kind, self.n_hashes)
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.length
+
+
+def series_name(kind: str, n_hashes: int | None) -> str:
+    return f"lsh x{n_hashes}" if kind == "lsh" else kind
+
+
+# ----------------------------------------------------------------------------------------------
+# The functions being measured.
+
+
+def build_step(
+    kind: str,
+    length: int,
+    *,
+    heads: int,
+    d_head: int,
+    chunk: int,
+    n_hashes: int | None,
+    dtype: jnp.dtype,
+) -> tuple[Callable[..., Any], int, Callable[[jax.Array], jax.Array] | None, Any]:
+    """Returns ``(step, n_inputs, make_rotations, n_buckets)`` for one configuration.
+
+    ``step(*inputs)`` is ``value_and_grad`` of ``sum(out ** 2)`` (accumulated in float32) with
+    respect to the ``n_inputs`` ``[batch, heads, length, d_head]`` attention inputs (q, k, v or
+    qk, v); LSH takes its rotations, from ``make_rotations(key)``, as one more argument.
+    """
+
+    def square_sum(out: jax.Array) -> jax.Array:
+        out = out.astype(jnp.float32)
+        return jnp.sum(out * out)
+
+    if kind == "full":
+
+        def loss(q, k, v):
+            return square_sum(full_attention(q, k, v, causal=True))
+
+        return jax.value_and_grad(loss, argnums=(0, 1, 2)), 3, None, None
+    if kind == "local":
+
+        def loss(q, k, v):
+            out = local_attention(q, k, v, chunk_len=chunk, n_chunks_before=1, causal=True)
+            return square_sum(out)
+
+        return jax.value_and_grad(loss, argnums=(0, 1, 2)), 3, None, None
+    if kind == "lsh":
+        # The kernel derives the same automatic count from the padded length.
+        n_buckets = auto_n_buckets(length + (-length) % chunk, chunk)
+
+        def loss(qk, v, rotations):
+            out = lsh_attention(qk, v, rotations, n_buckets=n_buckets, chunk_len=chunk, causal=True)
+            return square_sum(out)
+
+        def rotations(key: jax.Array) -> jax.Array:
+            return draw_rotations(key, heads, d_head, n_hashes, n_buckets, jnp.float32)
+
+        return jax.value_and_grad(loss, argnums=(0, 1)), 2, rotations, n_buckets
+    raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+
+
+def compile_step(
+    step: Callable[..., Any], specs: Sequence[jax.ShapeDtypeStruct]
+) -> tuple[Any, float, float]:
+    t0 = time.perf_counter()
+    lowered = jax.jit(step).lower(*specs)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    return compiled, t1 - t0, t2 - t1
+
+
+def timed_call(compiled: Any, inputs: Sequence[jax.Array]) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*inputs))
+    return time.perf_counter() - t0
+
+
+def flop_count(compiled: Any) -> float | None:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # cost analysis is best effort; some backends do not implement it
+        return None
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def available_memory_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def run_config(
+    kind: str,
+    n_hashes: int | None,
+    length: int,
+    args: argparse.Namespace,
+    previous: Result | None,
+) -> Result:
+    """Compiles, checks the limits, and times one configuration."""
+    batch = args.tokens // length
+    dtype = jnp.dtype(args.dtype)
+    step, n_inputs, make_rotations, n_buckets = build_step(
+        kind,
+        length,
+        heads=args.heads,
+        d_head=args.d_head,
+        chunk=args.chunk,
+        n_hashes=n_hashes,
+        dtype=dtype,
+    )
+    res = Result(
+        kind=kind,
+        n_hashes=n_hashes,
+        length=length,
+        batch=batch,
+        heads=args.heads,
+        d_head=args.d_head,
+        chunk_len=None if kind == "full" else args.chunk,
+        n_buckets=n_buckets,
+        dtype=dtype.name,
+    )
+    shape = (batch, args.heads, length, args.d_head)
+    specs = [jax.ShapeDtypeStruct(shape, dtype)] * n_inputs
+    key = jax.random.key(args.seed)
+    rotations = None
+    if make_rotations is not None:
+        rotations = make_rotations(jax.random.fold_in(key, 1))
+        specs.append(jax.ShapeDtypeStruct(rotations.shape, rotations.dtype))
+
+    compiled, res.lower_s, res.compile_s = compile_step(step, specs)
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        res.temp_bytes = int(mem.temp_size_in_bytes)
+        res.argument_bytes = int(mem.argument_size_in_bytes)
+        res.output_bytes = int(mem.output_size_in_bytes)
+        res.alias_bytes = int(mem.alias_size_in_bytes)
+        res.generated_code_bytes = int(mem.generated_code_size_in_bytes)
+    res.flops = flop_count(compiled)
+
+    # Memory: compiled buffers against the limit and against what the machine has free now.
+    if res.temp_bytes is not None:
+        need = res.temp_bytes + res.argument_bytes + res.output_bytes
+        limit = args.max_memory_gb * GIB
+        avail = available_memory_bytes()
+        if need > limit:
+            res.status = "skipped"
+            res.note = f"needs {need / GIB:.1f} GiB > --max-memory-gb {args.max_memory_gb:g}"
+            return res
+        if avail is not None and need > 0.85 * avail:
+            res.status = "skipped"
+            res.note = f"needs {need / GIB:.1f} GiB > 85% of available {avail / GIB:.1f} GiB"
+            return res
+
+    # Time: scale the previous length's median by the flop ratio.
+    if previous is not None and previous.median_s and previous.flops and res.flops:
+        estimate = previous.median_s * res.flops / previous.flops
+        if estimate > args.max_seconds:
+            res.status = "skipped"
+            res.note = f"estimated {estimate:.0f} s/step > --max-seconds {args.max_seconds:g}"
+            return res
+
+    inputs = [jax.random.normal(k, shape, dtype) for k in jax.random.split(key, n_inputs)]
+    if rotations is not None:
+        inputs.append(rotations)
+    jax.block_until_ready(inputs)
+    try:
+        res.first_run_s = timed_call(compiled, inputs)
+        if res.first_run_s > args.max_seconds:
+            res.status = "partial"
+            res.note = f"warm-up {res.first_run_s:.0f} s > --max-seconds: no timed repeats"
+            res.times_s = [res.first_run_s]
+        else:
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            res.times_s = [timed_call(compiled, inputs) for _ in range(args.repeats)]
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            # CPU time of the process over the timed runs; sys is mostly the page faults of
+            # freshly allocated temp buffers.
+            res.user_s_per_run = (after.ru_utime - before.ru_utime) / args.repeats
+            res.sys_s_per_run = (after.ru_stime - before.ru_stime) / args.repeats
+    finally:
+        del inputs
+    res.median_s = statistics.median(res.times_s)
+    res.us_per_token = res.median_s / res.tokens * 1e6
+    if res.flops:
+        res.gflops_per_s = res.flops / res.median_s / 1e9
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# Reporting.
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_total = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_total = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    device = jax.devices()[0]
+    return {
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_total_gib": round(mem_total / GIB, 1) if mem_total else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _length_label(length: int) -> str:
+    return f"{length // 1024}K" if length % 1024 == 0 else str(length)
+
+
+TABLE_HEADER = (
+    "kind",
+    "hashes",
+    "length",
+    "batch",
+    "compile s",
+    "median s",
+    "µs/token",
+    "temp MiB",
+    "note",
+)
+
+
+def table_rows(results: Sequence[Result]) -> list[tuple[str, ...]]:
+    rows = []
+    for r in results:
+        rows.append(
+            (
+                r.kind,
+                "-" if r.n_hashes is None else str(r.n_hashes),
+                _length_label(r.length),
+                str(r.batch),
+                _fmt(r.compile_s, ".1f"),
+                _fmt(r.median_s, ".3f"),
+                _fmt(r.us_per_token, ".2f"),
+                _fmt(None if r.temp_bytes is None else r.temp_bytes / MIB, ".0f"),
+                r.note,
+            )
+        )
+    return rows
+
+
+def text_table(results: Sequence[Result]) -> str:
+    rows = [TABLE_HEADER, *table_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [
+            c.ljust(w) if i in (0, 8) else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(results: Sequence[Result]) -> str:
+    align = ["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---"]
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "| " + " | ".join(align) + " |"]
+    for row in table_rows(results):
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def write_json(path: Path, payload: dict[str, Any], results: Sequence[Result]) -> None:
+    data = dict(payload, results=[asdict(r) | {"series": r.series} for r in results])
+    _atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def read_json(path: Path) -> tuple[dict[str, Any], list[Result]]:
+    data = json.loads(path.read_text())
+    names = set(Result.__dataclass_fields__)
+    results = [Result(**{k: v for k, v in r.items() if k in names}) for r in data["results"]]
+    return data, results
+
+
+def plot(path: Path, results: Sequence[Result], payload: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[Result]] = {}
+    for r in results:
+        series.setdefault(r.series, []).append(r)
+    lsh_names = sorted((s for s in series if s.startswith("lsh")), key=lambda s: int(s[5:]))
+    cmap = plt.get_cmap("viridis")
+    colors = {"full": "black", "local": "tab:red"}
+    for i, name in enumerate(lsh_names):
+        colors[name] = cmap(0.15 + 0.7 * i / max(1, len(lsh_names) - 1))
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 5))
+    for name, rs in series.items():
+        rs = sorted(rs, key=lambda r: r.length)
+        ran = [r for r in rs if r.median_s is not None]
+        if ran:
+            ax_t.plot(
+                [r.length for r in ran],
+                [r.us_per_token for r in ran],
+                "o-",
+                color=colors.get(name),
+                label=name,
+            )
+        compiled = [r for r in rs if r.temp_bytes is not None]
+        if compiled:
+            ax_m.plot(
+                [r.length for r in compiled],
+                [r.temp_bytes / MIB for r in compiled],
+                "-",
+                color=colors.get(name),
+                label=name,
+            )
+            for r in compiled:
+                ax_m.plot(
+                    r.length,
+                    r.temp_bytes / MIB,
+                    "o",
+                    color=colors.get(name),
+                    markerfacecolor=colors.get(name) if r.median_s is not None else "white",
+                )
+    settings = payload.get("settings", {})
+    limit = settings.get("max_memory_gb")
+    if limit:
+        ax_m.axhline(limit * 1024, color="gray", ls="--", lw=1)
+        ax_m.annotate(
+            f"--max-memory-gb {limit:g}",
+            (0.02, limit * 1024),
+            xycoords=("axes fraction", "data"),
+            va="bottom",
+            fontsize=8,
+            color="gray",
+        )
+    lengths = sorted({r.length for r in results})
+    for ax in (ax_t, ax_m):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(lengths, [_length_label(n) for n in lengths])
+        ax.minorticks_off()
+        ax.set_xlabel("sequence length (tokens)")
+        ax.grid(True, which="major", alpha=0.3)
+    ax_t.set_ylabel("forward + backward time per token (µs)")
+    ax_t.set_title("Time per token (tokens per batch fixed)")
+    ax_m.set_ylabel("compiled temp memory (MiB)")
+    ax_m.set_title("Compiled temp memory (hollow: compiled, not run)")
+    ax_t.legend(fontsize=8)
+    ax_m.legend(fontsize=8)
+    machine = payload.get("machine", {})
+    fig.suptitle(
+        f"Attention fwd+bwd, {settings.get('tokens')} tokens/batch, {settings.get('heads')} heads "
+        f"x d_head {settings.get('d_head')}, chunk {settings.get('chunk')}, causal, "
+        f"{settings.get('dtype')} — {machine.get('cpu_model')} "
+        f"({machine.get('cpus_usable')} cores), jax {machine.get('jax')}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _int_list(text: str) -> list[int]:
+    values = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        scale = 1024 if part.endswith("k") else 1
+        values.append(int(part.rstrip("k")) * scale)
+    return values
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.attention",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--lengths",
+        type=_int_list,
+        default=list(DEFAULT_LENGTHS),
+        help="comma-separated sequence lengths (1K = 1024)",
+    )
+    p.add_argument(
+        "--tokens",
+        type=_int_list,
+        default=[65536],
+        help="tokens per batch, held fixed: batch = tokens // length",
+    )
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--d-head", type=int, default=64)
+    p.add_argument("--chunk", type=int, default=128, help="chunk length of local and LSH")
+    p.add_argument("--hashes", type=_int_list, default=[1, 2, 4, 8], help="LSH hash rounds")
+    p.add_argument("--kinds", default="full,local,lsh", help=f"subset of {','.join(KINDS)}")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--repeats", type=int, default=5, help="timed runs after the warm-up")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        help="skip a configuration whose single step is estimated (or measured in "
+        "the warm-up) to take longer",
+    )
+    p.add_argument(
+        "--max-memory-gb",
+        type=float,
+        default=16.0,
+        help="skip a configuration whose compiled buffers (temp + arguments + "
+        "outputs) exceed this many GiB",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"JSON path (PNG written next to it); default {DEFAULT_RESULTS}, or a "
+        "temporary directory with --quick",
+    )
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny smoke run (seconds): lengths 256,512, 2K tokens, 2 heads x 32, "
+        "chunk 64, hashes 1,2, 2 repeats",
+    )
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="do not measure: re-print the table (and redraw the PNG unless "
+        "--no-plot) from a results JSON",
+    )
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.lengths, args.tokens, args.heads, args.d_head = [256, 512], [2048], 2, 32
+        args.chunk, args.hashes, args.repeats = 64, [1, 2], 2
+    if len(args.tokens) != 1:
+        p.error("--tokens takes one value")
+    args.tokens = args.tokens[0]
+    args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if unknown := set(args.kinds) - set(KINDS):
+        p.error(f"unknown --kinds {sorted(unknown)}; choose from {KINDS}")
+    if bad := [n for n in args.lengths if n < 1 or args.tokens // n < 1]:
+        p.error(f"lengths {bad} do not fit in --tokens {args.tokens} (batch would be 0)")
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    if args.out is None:
+        if args.quick:
+            args.out = Path(tempfile.gettempdir()) / "reformer_jax_bench" / "attention_quick.json"
+        else:
+            args.out = DEFAULT_RESULTS
+    return args
+
+
+def configurations(args: argparse.Namespace) -> list[tuple[str, int | None]]:
+    series: list[tuple[str, int | None]] = []
+    for kind in args.kinds:
+        if kind == "lsh":
+            series.extend(("lsh", h) for h in args.hashes)
+        else:
+            series.append((kind, None))
+    return series
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.from_json is not None:
+        payload, results = read_json(args.from_json)
+        print(markdown_table(results) if args.markdown else text_table(results))
+        if not args.no_plot:
+            png = args.from_json.with_suffix(".png")
+            plot(png, results, payload)
+            print(f"wrote {png}", file=sys.stderr)
+        return 0
+
+    settings = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("from_json", "markdown", "no_plot")
+    }
+    payload: dict[str, Any] = {
+        "benchmark": "attention forward+backward (value_and_grad of sum(out**2))",
+        "command": " ".join(
+            ["python -m bench.attention", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "settings": settings,
+        "machine": machine_info(),
+    }
+    m = payload["machine"]
+    print(
+        f"# {m['cpu_model']}, {m['cpus_usable']} cores, {m['backend']} ({m['device_kind']}), "
+        f"jax {m['jax']} / jaxlib {m['jaxlib']}; {args.tokens} tokens per batch, {args.heads} "
+        f"heads x {args.d_head}, chunk {args.chunk}, {args.dtype}",
+        flush=True,
+    )
+    results: list[Result] = []
+    start = time.perf_counter()
+    for kind, n_hashes in configurations(args):
+        previous: Result | None = None
+        for length in sorted(args.lengths):
+            res = run_config(kind, n_hashes, length, args, previous)
+            results.append(res)
+            if res.median_s is not None:
+                previous = res
+            r = table_rows([res])[0]
+            print(
+                f"{res.series:8s} L={r[2]:>4s} batch={r[3]:>3s} compile {r[4]:>5s} s  median "
+                f"{r[5]:>7s} s  {r[6]:>7s} µs/token  temp {r[7]:>6s} MiB  {r[8]}",
+                flush=True,
+            )
+            payload["elapsed_s"] = round(time.perf_counter() - start, 1)
+            write_json(args.out, payload, results)
+    print()
+    print(markdown_table(results) if args.markdown else text_table(results))
+    print(f"\nwrote {args.out}", file=sys.stderr)
+    if not args.no_plot:
+        png = args.out.with_suffix(".png")
+        plot(png, results, payload)
+        print(f"wrote {png}", file=sys.stderr)
+    print(f"total {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The model configuration: a frozen, validated dataclass built from ``ml_collections`` configs.
+
+``configs/*.py`` return ``ConfigDict`` objects; :meth:`ReformerConfig.from_dict` turns their
+``model`` part into this dataclass at the boundary, and validation happens here once, with
+errors that name the setting and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+ATTENTION_KINDS = ("lsh", "local", "full")
+POSITION_KINDS = ("axial", "learned", "sinusoidal", "none")
+ACTIVATIONS = ("relu", "gelu")
+DTYPES = {
+    "float32": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "float16": jnp.float16,
+    "float64": jnp.float64,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReformerConfig:
+    """Hyperparameters of a Reformer language model (defaults: a small causal byte LM)."""
+
+    vocab_size: int = 256
+    d_model: int = 256
+    d_ff: int = 512
+    n_layers: int = 2
+    n_heads: int = 4
+    d_head: int = 64
+    # Attention kind per layer, cycled over the layers (Trax's convention).
+    attention_pattern: tuple[str, ...] = ("lsh",)
+    causal: bool = True
+
+    # LSH attention.
+    lsh_chunk_len: int = 64
+    lsh_n_buckets: int | tuple[int, ...] | None = None  # None: about two buckets per chunk.
+    lsh_n_hashes: int = 2
+    lsh_chunks_before: int = 1
+    lsh_chunks_after: int = 0
+    lsh_attend_across_buckets: bool = True
+    # Fixed rotations (seeded per layer) instead of fresh ones per call: evaluation, tests, HF.
+    hash_seed: int | None = None
+    # Below this length LSH layers use exact shared-QK attention (LSH only pays off when long).
+    full_attention_below: int = 0
+
+    # Local attention.
+    local_chunk_len: int = 64
+    local_chunks_before: int = 1
+    local_chunks_after: int = 0
+    local_wrap_around: bool = False  # True reproduces the Trax / HF neighbour lookup.
+
+    # Positions: axial (shape and per-axis dims, dims summing to d_model), learned, sinusoidal.
+    pos_embedding: str = "axial"
+    axial_shape: tuple[int, ...] = (64, 64)
+    axial_dims: tuple[int, ...] = (128, 128)
+    max_len: int = 4096  # capacity of learned positions
+
+    # Dropout rates.
+    hidden_dropout: float = 0.0  # embeddings and every residual branch output
+    lsh_dropout: float = 0.0  # attention probabilities, per kind
+    local_dropout: float = 0.0
+    full_dropout: float = 0.0
+    ff_dropout: float = 0.0  # inside the feed-forward, after the first dense layer
+
+    ff_activation: str = "relu"
+    ff_chunk_size: int = 0  # rows (batch * length) per feed-forward chunk; 0: no chunking
+    reversible: bool = True
+    ln_eps: float = 1e-6
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attention_pattern", tuple(self.attention_pattern))
+        object.__setattr__(self, "axial_shape", tuple(self.axial_shape))
+        object.__setattr__(self, "axial_dims", tuple(self.axial_dims))
+        if isinstance(self.lsh_n_buckets, list | tuple):
+            object.__setattr__(self, "lsh_n_buckets", tuple(int(b) for b in self.lsh_n_buckets))
+        self.validate()
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ReformerConfig:
+        """Builds the config from a ``ConfigDict`` or mapping; unknown keys are an error."""
+        values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown model setting(s) {unknown}; valid settings are {sorted(known)}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> ReformerConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def n_groups(self) -> int:
+        """Repetitions of the attention pattern (the scanned dimension of the stack)."""
+        return self.n_layers // len(self.attention_pattern)
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def parameter_dtype(self) -> jnp.dtype:
+        return DTYPES[self.param_dtype]
+
+    @property
+    def max_length(self) -> int | None:
+        """Longest sequence the positional embedding covers (None: unlimited)."""
+        if self.pos_embedding == "axial":
+            return math.prod(self.axial_shape)
+        if self.pos_embedding == "learned":
+            return self.max_len
+        return None
+
+    def layer_kinds(self) -> list[str]:
+        return [
+            self.attention_pattern[i % len(self.attention_pattern)] for i in range(self.n_layers)
+        ]
+
+    # ----------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        def fail(setting: str, problem: str, fix: str) -> None:
+            raise ValueError(f"model.{setting}: {problem}; {fix}")
+
+        for name in (
+            "vocab_size",
+            "d_model",
+            "d_ff",
+            "n_layers",
+            "n_heads",
+            "d_head",
+            "lsh_chunk_len",
+            "lsh_n_hashes",
+            "local_chunk_len",
+            "max_len",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                fail(name, f"must be a positive integer, got {value!r}", "set it to 1 or more")
+        for name in (
+            "lsh_chunks_before",
+            "lsh_chunks_after",
+            "local_chunks_before",
+            "local_chunks_after",
+            "ff_chunk_size",
+            "full_attention_below",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                fail(name, f"must be an integer >= 0, got {value!r}", "set it to 0 or more")
+        if not self.attention_pattern:
+            fail("attention_pattern", "is empty", 'give at least one of "lsh", "local", "full"')
+        bad = [k for k in self.attention_pattern if k not in ATTENTION_KINDS]
+        if bad:
+            fail("attention_pattern", f"unknown kind(s) {bad}", f"use only {list(ATTENTION_KINDS)}")
+        if self.n_layers % len(self.attention_pattern):
+            fail(
+                "n_layers",
+                f"{self.n_layers} is not a multiple of the attention pattern's "
+                f"length {len(self.attention_pattern)} {list(self.attention_pattern)}",
+                "make n_layers a multiple of it or change the pattern",
+            )
+        nb = self.lsh_n_buckets
+        factors = [nb] if isinstance(nb, int) else list(nb or ())
+        if nb is not None and (not factors or any(f < 2 or f % 2 for f in factors)):
+            fail(
+                "lsh_n_buckets",
+                f"{nb!r} has an odd or < 2 bucket count",
+                "use an even number (or a list of even factors), or None for automatic",
+            )
+        if self.pos_embedding not in POSITION_KINDS:
+            fail(
+                "pos_embedding",
+                f"unknown kind {self.pos_embedding!r}",
+                f"use one of {list(POSITION_KINDS)}",
+            )
+        if self.pos_embedding == "axial":
+            if len(self.axial_shape) != len(self.axial_dims) or not self.axial_shape:
+                fail(
+                    "axial_dims",
+                    f"has {len(self.axial_dims)} entries but axial_shape "
+                    f"{self.axial_shape} has {len(self.axial_shape)}",
+                    "give one dim per axis",
+                )
+            if sum(self.axial_dims) != self.d_model:
+                fail(
+                    "axial_dims",
+                    f"{self.axial_dims} sum to {sum(self.axial_dims)}, not d_model={self.d_model}",
+                    "make the per-axis dims add up to d_model",
+                )
+            if any(n < 1 for n in self.axial_shape) or any(d < 1 for d in self.axial_dims):
+                fail(
+                    "axial_shape",
+                    f"{self.axial_shape} / {self.axial_dims} must be positive",
+                    "use positive sizes",
+                )
+        if self.pos_embedding == "sinusoidal" and self.d_model % 2:
+            fail("d_model", "must be even for sinusoidal positions", "use an even d_model")
+        for name in (
+            "hidden_dropout",
+            "lsh_dropout",
+            "local_dropout",
+            "full_dropout",
+            "ff_dropout",
+        ):
+            rate = getattr(self, name)
+            if not 0.0 <= rate < 1.0:
+                fail(name, f"must be in [0, 1), got {rate}", "use a rate like 0.1")
+        if self.ff_activation not in ACTIVATIONS:
+            fail("ff_activation", f"unknown {self.ff_activation!r}", f"use {list(ACTIVATIONS)}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                fail(name, f"unknown {getattr(self, name)!r}", f"use one of {list(DTYPES)}")
+        if self.ln_eps <= 0:
+            fail("ln_eps", f"must be > 0, got {self.ln_eps}", "use e.g. 1e-6")
+
+    def check_length(self, length: int) -> None:
+        """Raises if ``length`` exceeds the positional capacity."""
+        cap = self.max_length
+        if cap is not None and length > cap:
+            setting = "axial_shape" if self.pos_embedding == "axial" else "max_len"
+            raise ValueError(
+                f"sequence length {length} exceeds the positional capacity {cap} of "
+                f"model.{setting}; enlarge model.{setting} or feed shorter sequences"
+            )

@@ -1,0 +1,207 @@
+"""ReformerLM: embeddings, the reversible stack of attention / feed-forward blocks, LM head."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from reformer_jax.config import ReformerConfig
+from reformer_jax.kernels.masking import dropout
+from reformer_jax.layers.attention import SelfAttention, layer_rotations, lsh_n_buckets
+from reformer_jax.layers.embeddings import PositionalEmbedding
+from reformer_jax.layers.feedforward import FeedForward
+from reformer_jax.layers.reversible import reversible_stack, stack_forward
+
+# fold_in tags separating the independent random streams of one layer.
+_ATTN_STREAM, _FF_STREAM = 0, 1
+# Streams outside the stack (layer indices are small non-negative ints).
+_EMBED_STREAM, _HEAD_STREAM = 2**31 - 1, 2**31 - 2
+
+
+class Block(nnx.Module):
+    """One layer's two branches: F (attention) and G (feed-forward)."""
+
+    def __init__(self, cfg: ReformerConfig, kind: str, *, rngs: nnx.Rngs):
+        self.attention = SelfAttention(cfg, kind, rngs=rngs)
+        self.feedforward = FeedForward(cfg, rngs=rngs)
+
+
+def _stacked_blocks(cfg: ReformerConfig, kind: str, rngs: nnx.Rngs) -> Block:
+    """``n_groups`` blocks of one attention kind, parameters stacked on a leading axis."""
+
+    @nnx.split_rngs(splits=cfg.n_groups)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(rngs: nnx.Rngs) -> Block:
+        return Block(cfg, kind, rngs=rngs)
+
+    return make(rngs)
+
+
+class ReformerLM(nnx.Module):
+    """The Reformer language model (causal by default).
+
+    tokens -> embedding (+ positions, dropout) -> two copies (x1, x2) -> reversible stack ->
+    concat [y1 | y2] -> LayerNorm(2 d_model) -> logits. Layers of the same position in the
+    attention pattern are stored stacked (leading ``n_groups`` axis) so the stack is one scan.
+    """
+
+    def __init__(self, cfg: ReformerConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = nnx.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.parameter_dtype,
+            embedding_init=nnx.initializers.normal(1.0),
+            rngs=rngs,
+        )
+        self.positions = PositionalEmbedding(cfg, rngs=rngs)
+        blocks = [_stacked_blocks(cfg, kind, rngs) for kind in cfg.attention_pattern]
+        self.blocks = nnx.List(blocks)
+        self.final_norm = nnx.LayerNorm(
+            2 * cfg.d_model,
+            epsilon=cfg.ln_eps,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.parameter_dtype,
+            rngs=rngs,
+        )
+        self.head = nnx.Linear(
+            2 * cfg.d_model,
+            cfg.vocab_size,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.parameter_dtype,
+            kernel_metadata={"axes": ("embed", "vocab")},
+            bias_metadata={"axes": ("vocab",)},
+            rngs=rngs,
+        )
+
+    def __call__(
+        self,
+        tokens_BL: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        dropout_rng: jax.Array | None = None,
+        hash_rng: jax.Array | None = None,
+        rotations: Mapping[int, jax.Array] | None = None,
+    ) -> jax.Array:
+        """Logits ``[B, L, vocab]`` for int tokens ``[B, L]``.
+
+        Args:
+          mask: ``[B, L]`` bool, True for real tokens (padding never influences real ones).
+          dropout_rng: key for dropout; None is deterministic (evaluation).
+          hash_rng: key for the LSH rotations. Precedence: explicit ``rotations``, then the
+            config's ``hash_seed``, then ``hash_rng``, then ``dropout_rng``, then a fixed key
+            (so evaluation is reproducible). Each LSH layer folds in its index.
+          rotations: explicit rotations by layer index (every LSH layer), as drawn by
+            ``layer_rotations``; e.g. to match another implementation exactly.
+        """
+        cfg = self.cfg
+        batch, length = tokens_BL.shape
+        cfg.check_length(length)
+        x = self.embed(tokens_BL)
+        pos = self.positions(length)
+        if pos is not None:
+            x = x + pos.astype(x.dtype)[None]
+        if dropout_rng is not None and cfg.hidden_dropout > 0:
+            x = dropout(x, cfg.hidden_dropout, jax.random.fold_in(dropout_rng, _EMBED_STREAM))
+        x = x.astype(cfg.compute_dtype)
+
+        if hash_rng is None:
+            hash_rng = (
+                jax.random.key(cfg.hash_seed)
+                if cfg.hash_seed is not None
+                else dropout_rng
+                if dropout_rng is not None
+                else jax.random.key(0)
+            )
+        stacked_rotations = self._stacked_rotations(length, hash_rng, rotations)
+        attn_graphs, ff_graphs, params = [], [], []
+        for block in self.blocks:
+            attn_graph, attn_state = nnx.split(block.attention)
+            ff_graph, ff_state = nnx.split(block.feedforward)
+            attn_graphs.append(attn_graph)
+            ff_graphs.append(ff_graph)
+            params.append((attn_state, ff_state))
+
+        def attn_fn(p):
+            def fn(prm, x, ctx_p, layer, buckets):
+                (mask, drop_key), rot = ctx_p
+                attention = nnx.merge(attn_graphs[p], prm)
+                key = None
+                if drop_key is not None:
+                    key = jax.random.fold_in(jax.random.fold_in(drop_key, layer), _ATTN_STREAM)
+                return attention(x, mask=mask, dropout_key=key, rotations=rot, buckets=buckets)
+
+            return fn
+
+        def ff_fn(p):
+            def fn(prm, x, ctx, layer):
+                _, drop_key = ctx
+                feedforward = nnx.merge(ff_graphs[p], prm)
+                key = None
+                if drop_key is not None:
+                    key = jax.random.fold_in(jax.random.fold_in(drop_key, layer), _FF_STREAM)
+                return feedforward(x, dropout_key=key)
+
+            return fn
+
+        n = len(self.blocks)
+        attn_fns = [attn_fn(p) for p in range(n)]
+        ff_fns = [ff_fn(p) for p in range(n)]
+        ctx = (mask, dropout_rng)
+        if cfg.reversible:
+            y1, y2 = reversible_stack(attn_fns, ff_fns, tuple(params), x, x, ctx, stacked_rotations)
+        else:
+            y1, y2, _ = stack_forward(attn_fns, ff_fns, tuple(params), x, x, ctx, stacked_rotations)
+        h = self.final_norm(jnp.concatenate([y1, y2], axis=-1))
+        if dropout_rng is not None and cfg.hidden_dropout > 0:
+            h = dropout(h, cfg.hidden_dropout, jax.random.fold_in(dropout_rng, _HEAD_STREAM))
+        return self.head(h).astype(jnp.promote_types(cfg.compute_dtype, jnp.float32))
+
+    def _stacked_rotations(self, length, hash_rng, explicit):
+        """Per pattern position: LSH rotations stacked over groups, or None."""
+        cfg = self.cfg
+        n_pattern = len(cfg.attention_pattern)
+        lsh_used = length >= cfg.full_attention_below
+        out = []
+        for p, kind in enumerate(cfg.attention_pattern):
+            if kind != "lsh" or not lsh_used:
+                out.append(None)
+                continue
+            layers = [g * n_pattern + p for g in range(cfg.n_groups)]
+            if explicit is not None:
+                missing = [i for i in layers if i not in explicit]
+                if missing:
+                    raise ValueError(f"rotations: missing LSH layer(s) {missing}")
+                out.append(jnp.stack([jnp.asarray(explicit[i]) for i in layers]))
+            else:
+                n_buckets = lsh_n_buckets(cfg, length)
+                out.append(
+                    jnp.stack(
+                        [
+                            layer_rotations(cfg, jax.random.fold_in(hash_rng, i), n_buckets)
+                            for i in layers
+                        ]
+                    )
+                )
+        return tuple(out)
+
+
+def lm_loss(
+    logits_BLV: jax.Array, tokens_BL: jax.Array, weights_BL: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Next-token cross-entropy: logits at t predict token t+1.
+
+    ``weights[:, t]`` says whether token t counts as a target. Returns (mean loss in nats,
+    total weight).
+    """
+    logits = logits_BLV[:, :-1].astype(jnp.float32)
+    targets = tokens_BL[:, 1:]
+    w = jnp.ones(targets.shape, jnp.float32) if weights_BL is None else weights_BL[:, 1:]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    total = jnp.sum(w)
+    return jnp.sum(nll * w) / jnp.maximum(total, 1.0), total

@@ -1,0 +1,95 @@
+"""The reversible stack: exact gradients, flat memory in depth, depth-independent compile."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from reformer_jax.config import ReformerConfig
+from reformer_jax.model import ReformerLM, lm_loss
+from tests.model_utils import loss_and_grads, tiny_config
+
+
+def test_reversible_gradients_equal_autodiff_with_dropout_and_mixed_pattern(x64):
+    cfg = tiny_config(
+        n_layers=6,
+        attention_pattern=("local", "lsh", "full"),
+        dtype="float64",
+        param_dtype="float64",
+        hidden_dropout=0.1,
+        lsh_dropout=0.1,
+        local_dropout=0.1,
+        full_dropout=0.1,
+        ff_dropout=0.1,
+        ff_chunk_size=16,
+    )
+    tokens = jax.random.randint(jax.random.key(1), (2, 30), 0, cfg.vocab_size)
+    rng = jax.random.key(3)
+    rev = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    plain = ReformerLM(cfg.replace(reversible=False), rngs=nnx.Rngs(0))
+    loss_r, g_r = loss_and_grads(rev, tokens, rng)
+    loss_p, g_p = loss_and_grads(plain, tokens, rng)
+    np.testing.assert_allclose(loss_r, loss_p, rtol=1e-12)
+    # Dropout really is on: another key gives another loss.
+    loss_other, _ = loss_and_grads(rev, tokens, jax.random.key(4))
+    assert abs(float(loss_other) - float(loss_r)) > 1e-6
+    flat_r, flat_p = jax.tree.leaves(g_r), jax.tree.leaves(g_p)
+    assert len(flat_r) == len(flat_p) > 20
+    for a, b in zip(flat_r, flat_p, strict=True):
+        scale = float(jnp.max(jnp.abs(b)))
+        assert scale > 0
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-8 * scale
+
+
+def _train_temp_bytes(n_layers: int, reversible: bool, length: int = 16384) -> int:
+    cfg = ReformerConfig(
+        vocab_size=256,
+        d_model=256,
+        d_ff=512,
+        n_layers=n_layers,
+        n_heads=4,
+        d_head=64,
+        attention_pattern=("lsh",),
+        lsh_chunk_len=64,
+        axial_shape=(128, 128),
+        axial_dims=(128, 128),
+        reversible=reversible,
+        ff_chunk_size=4096,
+    )
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0))))
+    tokens = jax.ShapeDtypeStruct((1, length), jnp.int32)
+
+    def loss(state, tokens):
+        logits = nnx.merge(graphdef, state)(tokens, dropout_rng=jax.random.key(0))
+        return lm_loss(logits, tokens)[0]
+
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(state, tokens).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.slow
+def test_memory_is_flat_in_depth_only_when_reversible():
+    rev_2, rev_12 = _train_temp_bytes(2, True), _train_temp_bytes(12, True)
+    plain_2, plain_12 = _train_temp_bytes(2, False), _train_temp_bytes(12, False)
+    assert rev_12 <= 1.25 * rev_2, (rev_2, rev_12)
+    assert plain_12 > 2 * plain_2, (plain_2, plain_12)
+    print(
+        f"reversible 2/12 layers: {rev_2 / 2**20:.0f}/{rev_12 / 2**20:.0f} MiB; "
+        f"ordinary: {plain_2 / 2**20:.0f}/{plain_12 / 2**20:.0f} MiB"
+    )
+
+
+def test_compiled_program_does_not_grow_with_depth():
+    def hlo_size(n_layers):
+        cfg = tiny_config(n_layers=n_layers, attention_pattern=("local", "lsh"))
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0))))
+        tokens = jax.ShapeDtypeStruct((1, 32), jnp.int32)
+
+        def loss(state, tokens):
+            return lm_loss(nnx.merge(graphdef, state)(tokens), tokens)[0]
+
+        return len(jax.jit(jax.grad(loss)).lower(state, tokens).as_text())
+
+    small, large = hlo_size(2), hlo_size(24)
+    assert large < 1.05 * small, (small, large)

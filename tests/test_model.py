@@ -1,0 +1,100 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from reformer_jax.layers.attention import layer_rotations
+from reformer_jax.model import ReformerLM, lm_loss
+from tests.model_utils import loss_and_grads, tiny_config
+
+
+@pytest.mark.parametrize("pattern", [("local", "full"), ("lsh",)])
+def test_causal_logits_ignore_future_tokens(pattern):
+    # LSH layers are exactly causal when a chunk and its look-back cover the sequence; with
+    # more chunks, future tokens can change which past keys share a chunk (docs/lsh.md).
+    cfg = tiny_config(n_layers=2, attention_pattern=pattern, lsh_chunk_len=32)
+    model = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, cfg.vocab_size)
+    i = 13
+    other = tokens.at[:, i + 1 :].set((tokens[:, i + 1 :] + 5) % cfg.vocab_size)
+    a, b = model(tokens), model(other)
+    np.testing.assert_allclose(a[:, : i + 1], b[:, : i + 1], atol=1e-5)
+    assert not np.allclose(a[:, i + 1 :], b[:, i + 1 :], atol=1e-3)
+
+
+def test_any_length_and_changing_batch_sizes():
+    cfg = tiny_config(n_layers=2, attention_pattern=("local", "lsh"))
+    model = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    for batch, length in [(1, 7), (3, 13), (2, 32), (5, 1)]:
+        tokens = jnp.ones((batch, length), jnp.int32)
+        logits = model(tokens)
+        assert logits.shape == (batch, length, cfg.vocab_size)
+        assert np.isfinite(np.asarray(logits)).all()
+    with pytest.raises(ValueError, match="axial_shape"):
+        model(jnp.ones((1, 33), jnp.int32))
+
+
+@pytest.mark.parametrize("pad_at", ["start", "end"])
+def test_padding_never_influences_real_tokens(pad_at):
+    cfg = tiny_config(n_layers=2, attention_pattern=("local", "lsh"), causal=False)
+    model = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(2), (2, 20), 0, cfg.vocab_size)
+    mask = np.ones((2, 20), bool)
+    if pad_at == "start":
+        mask[:, :3] = False
+    else:
+        mask[1, 12:] = False
+    m = jnp.asarray(mask)
+    other = jnp.where(m, tokens, (tokens + 7) % cfg.vocab_size)
+    a, b = model(tokens, mask=m), model(other, mask=m)
+    np.testing.assert_allclose(np.asarray(a)[mask], np.asarray(b)[mask], atol=1e-5)
+
+
+def test_fixed_hash_seed_and_explicit_rotations():
+    cfg = tiny_config(n_layers=2, attention_pattern=("lsh",), lsh_chunk_len=4)
+    model = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(3), (1, 32), 0, cfg.vocab_size)
+    a = model(tokens, hash_rng=jax.random.key(5))
+    b = model(tokens, hash_rng=jax.random.key(6))
+    assert not np.allclose(a, b)  # the rotations matter
+    rots = {i: layer_rotations(cfg, jax.random.fold_in(jax.random.key(5), i), 4) for i in (0, 1)}
+    np.testing.assert_allclose(model(tokens, rotations=rots), a, atol=1e-6)
+    seeded = ReformerLM(cfg.replace(hash_seed=5), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(seeded(tokens), a, atol=1e-6)
+    with pytest.raises(ValueError, match="missing LSH layer"):
+        model(tokens, rotations={0: rots[0]})
+
+
+def test_full_attention_below_threshold_is_exact_shared_qk():
+    cfg = tiny_config(n_layers=1, attention_pattern=("lsh",), lsh_chunk_len=32)
+    tokens = jax.random.randint(jax.random.key(4), (2, 32), 0, cfg.vocab_size)
+    lsh = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    exact = ReformerLM(cfg.replace(full_attention_below=64), rngs=nnx.Rngs(0))
+    # One chunk per round covers everything, so LSH equals exact shared-QK attention here.
+    np.testing.assert_allclose(lsh(tokens), exact(tokens), atol=2e-5)
+
+
+def test_bfloat16_forward_and_backward_are_finite_and_close():
+    cfg = tiny_config(n_layers=2, attention_pattern=("local", "lsh"))
+    tokens = jax.random.randint(jax.random.key(5), (2, 32), 0, cfg.vocab_size)
+    loss32, g32 = loss_and_grads(ReformerLM(cfg, rngs=nnx.Rngs(0)), tokens)
+    model16 = ReformerLM(cfg.replace(dtype="bfloat16"), rngs=nnx.Rngs(0))
+    assert model16(tokens).dtype == jnp.float32  # logits are promoted for the loss
+    loss16, g16 = loss_and_grads(model16, tokens)
+    assert np.isfinite(float(loss16))
+    assert abs(float(loss16) - float(loss32)) < 0.05 * float(loss32)
+    for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32), strict=True):
+        assert np.isfinite(np.asarray(a, np.float32)).all()
+        rel = np.linalg.norm(np.asarray(a, np.float32) - b) / (np.linalg.norm(b) + 1e-12)
+        assert rel < 0.1
+
+
+def test_lm_loss_is_next_token_cross_entropy():
+    logits = jnp.log(jnp.array([[[0.5, 0.5], [0.25, 0.75], [1.0, 1e-9]]]))
+    tokens = jnp.array([[0, 1, 0]])
+    loss, total = lm_loss(logits, tokens)
+    np.testing.assert_allclose(loss, (-np.log(0.5) - np.log(0.25)) / 2, rtol=1e-6)
+    assert float(total) == 2
+    loss_w, total_w = lm_loss(logits, tokens, jnp.array([[1.0, 0.0, 1.0]]))
+    np.testing.assert_allclose(loss_w, -np.log(0.25), rtol=1e-6)
