@@ -1,0 +1,85 @@
+"""Everything orbax: model exports (config + parameters) and training checkpoints with resume.
+
+Layout of a model export (``save_model``), also the ``model/`` item of every training step:
+
+    <dir>/config.json        the ReformerConfig as JSON
+    <dir>/params/            orbax StandardCheckpointer tree of the model's nnx.State
+
+Training checkpoints (``TrainCheckpointer``) live in ``<workdir>/checkpoints/<step>/`` with
+items ``params`` / ``opt_state`` (orbax, asynchronous), ``meta`` (JSON: step, data position,
+config) written through one ``CheckpointManager``; orbax writes to a temporary directory and
+renames, so an interrupted save never leaves a half-written step behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from reformer_jax.config import ReformerConfig
+from reformer_jax.model import ReformerLM
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+def config_to_json(cfg: ReformerConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True)
+
+
+def config_from_json(text: str) -> ReformerConfig:
+    return ReformerConfig.from_dict(json.loads(text))
+
+
+def save_model(
+    directory: str | pathlib.Path, model: ReformerLM, *, overwrite: bool = False
+) -> pathlib.Path:
+    """Exports ``model`` (config + parameters) to ``directory``; never overwrites silently."""
+    directory = pathlib.Path(directory).absolute()
+    if directory.exists() and any(directory.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{directory} already exists and is not empty; choose a new directory or pass "
+                "overwrite=True"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    state = nnx.state(model, nnx.Param)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(directory / PARAMS_DIR, state, force=overwrite)
+        checkpointer.wait_until_finished()
+    (directory / CONFIG_FILE).write_text(config_to_json(model.cfg))
+    return directory
+
+
+def load_model(
+    directory: str | pathlib.Path, *, sharding: Any = None, **config_overrides: Any
+) -> ReformerLM:
+    """Loads a model written by :func:`save_model` (or the ``model`` part of a train step).
+
+    ``config_overrides`` change settings that do not affect parameter shapes (e.g.
+    ``lsh_n_hashes`` for evaluation, ``hash_seed``, ``dtype``, dropout rates).
+    """
+    directory = pathlib.Path(directory).absolute()
+    config_path = directory / CONFIG_FILE
+    if not config_path.exists():
+        raise FileNotFoundError(
+            f"{config_path} not found: {directory} is not a reformer_jax model export (expected "
+            f"{CONFIG_FILE} and {PARAMS_DIR}/ written by save_model or the converter)"
+        )
+    cfg = config_from_json(config_path.read_text())
+    if config_overrides:
+        cfg = cfg.replace(**config_overrides)
+    abstract = nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0)))
+    graphdef, abstract_state = nnx.split(abstract, nnx.Param)
+    target = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract_state
+    )
+    with ocp.StandardCheckpointer() as checkpointer:
+        state = checkpointer.restore(directory / PARAMS_DIR, target)
+    return nnx.merge(graphdef, state)
