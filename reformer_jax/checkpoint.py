@@ -83,3 +83,87 @@ def load_model(
     with ocp.StandardCheckpointer() as checkpointer:
         state = checkpointer.restore(directory / PARAMS_DIR, target)
     return nnx.merge(graphdef, state)
+
+
+class TrainCheckpointer:
+    """Training checkpoints in ``<workdir>/checkpoints``: params, optimizer state, metadata.
+
+    Saves are asynchronous (orbax writes in the background; :meth:`wait` blocks) and atomic
+    (a step directory appears only once complete). Restoring takes abstract targets carrying the
+    current run's shardings, so a run can resume on another mesh or device count.
+    """
+
+    def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, save_every: int = 1000):
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            save_interval_steps=1,
+            enable_async_checkpointing=True,
+            create=True,
+        )
+        self.save_every = save_every
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("params", "opt_state", "meta")
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt_state=ocp.args.StandardSave(opt_state),
+                meta=ocp.args.JsonSave(meta),
+            ),
+        )
+
+    def restore(self, step: int, params_target: Any, opt_target: Any) -> tuple[Any, Any, dict]:
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(params_target),
+                opt_state=ocp.args.StandardRestore(opt_target),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return restored["params"], restored["opt_state"], dict(restored["meta"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def load_model_from_workdir(
+    workdir: str | pathlib.Path, step: int | None = None, **config_overrides: Any
+) -> ReformerLM:
+    """The model of a training run's latest (or given) checkpoint in ``workdir``."""
+    workdir = pathlib.Path(workdir).absolute()
+    config_path = workdir / CONFIG_FILE
+    if not config_path.exists():
+        raise FileNotFoundError(
+            f"{config_path} not found: {workdir} is not a reformer_jax training workdir"
+        )
+    cfg = ReformerConfig.from_dict(json.loads(config_path.read_text())["model"])
+    if config_overrides:
+        cfg = cfg.replace(**config_overrides)
+    manager = ocp.CheckpointManager(
+        workdir / "checkpoints",
+        item_names=("params",),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+    )
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
+    abstract = nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0)))
+    graphdef, abstract_state = nnx.split(abstract, nnx.Param)
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract_state)
+    restored = manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
+    )
+    manager.close()
+    return nnx.merge(graphdef, restored["params"])

@@ -1,0 +1,41 @@
+"""Training: sharding rules, optimizers, metrics and the loop."""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import ml_collections
+
+from reformer_jax.train.trainer import TrainingError, TrainResult, train_and_evaluate
+
+__all__ = ["TrainResult", "TrainingError", "run_main", "train_and_evaluate"]
+
+
+def run_main(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    distributed: bool = False,
+) -> int:
+    """Entry point behind ``train.py``: multi-host set-up, then train; returns an exit code."""
+    if coordinator_address or num_processes or process_id is not None:
+        if not (coordinator_address and num_processes and process_id is not None):
+            print(
+                "error: multi-host needs --coordinator_address, --num_processes and "
+                "--process_id together",
+                file=sys.stderr,
+            )
+            return 2
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif distributed:
+        jax.distributed.initialize()
+    try:
+        result = train_and_evaluate(config, workdir)
+    except (TrainingError, ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 3 if result.interrupted else 0

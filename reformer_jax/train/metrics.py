@@ -1,0 +1,51 @@
+"""Metric sinks: JSON lines, TensorBoard event files, and the console (process 0 only)."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+
+
+class MetricWriter:
+    """Writes scalars to ``<workdir>/metrics.jsonl`` and TensorBoard (``<workdir>/tb``)."""
+
+    def __init__(self, workdir: str | pathlib.Path, *, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.workdir = pathlib.Path(workdir)
+        self._jsonl = None
+        self._tb = None
+        if self.enabled:
+            self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.workdir / "tb"))
+            except ImportError:  # pragma: no cover - tensorboardX is a dependency
+                self._tb = None
+
+    def write(self, step: int, split: str, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in values.items()}
+        record = {"step": int(step), "split": split, "time": time.time(), **clean}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for name, value in clean.items():
+                if math.isfinite(value):
+                    self._tb.add_scalar(f"{split}/{name}", value, step)
+
+    def text(self, tag: str, value: str, step: int = 0) -> None:
+        if self.enabled and self._tb is not None:
+            self._tb.add_text(tag, value, step)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()

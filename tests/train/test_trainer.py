@@ -1,0 +1,268 @@
+"""End-to-end training: every data source, exact resume, sharding, multi-process, bad input."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from reformer_jax.checkpoint import load_model_from_workdir
+from reformer_jax.train import run_main, train_and_evaluate
+from tests.data.test_imagenet64 import _images, _write_tar
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _losses(workdir: pathlib.Path) -> dict[int, float]:
+    out = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["split"] == "train":
+            out[record["step"]] = record["loss"]
+    return out
+
+
+def test_tiny_duplication_end_to_end(tmp_path):
+    config = tiny.get_config()
+    result = train_and_evaluate(config, tmp_path / "run")
+    assert result.step == 2 and not result.interrupted
+    assert set(_losses(tmp_path / "run")) == {1, 2}
+    assert np.isfinite(result.eval_metrics["loss"])
+    assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
+    assert list((tmp_path / "run" / "tb").iterdir())  # TensorBoard event file
+    records = [
+        json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split("\n") if x
+    ]
+    train = [r for r in records if r["split"] == "train"][-1]
+    for key in (
+        "loss",
+        "accuracy",
+        "bits_per_token",
+        "tokens_per_second",
+        "step_time",
+        "learning_rate",
+    ):
+        assert key in train
+    assert any(r["split"] == "compile" and r["temp_bytes"] > 0 for r in records)
+    model = load_model_from_workdir(tmp_path / "run")
+    assert model.cfg.n_layers == 2
+
+
+def test_hash_table_is_printed(tmp_path, capsys):
+    config = tiny.get_config()
+    config.eval_hashes = [1, 2]
+    result = train_and_evaluate(config, tmp_path / "run")
+    assert set(result.hash_table) == {"full", "lsh-1", "lsh-2"}
+    assert "| trained \\ evaluated | full | lsh-1 | lsh-2 |" in capsys.readouterr().out
+
+
+def test_text_source_end_to_end(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"the quick brown fox jumps over the lazy dog. " * 200)
+    config = tiny.get_config()
+    config.data.name = "text"
+    config.data.settings = dict(path=str(corpus), seq_len=32)
+    config.model.vocab_size = 256
+    result = train_and_evaluate(config, tmp_path / "run")
+    assert result.step == 2 and np.isfinite(result.eval_metrics["loss"])
+
+
+def test_enwik8_source_end_to_end(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    raw = np.random.default_rng(0).integers(0, 256, 12_000, dtype=np.uint8).tobytes()
+    with zipfile.ZipFile(manual / "enwik8.zip", "w") as z:
+        z.writestr("enwik8", raw)
+    config = tiny.get_config()
+    config.data.name = "enwik8"
+    config.data.settings = dict(
+        data_dir=str(tmp_path / "tfds"),
+        manual_dir=str(manual),
+        seq_len=32,
+        train_bytes=10_000,
+        validation_bytes=1_000,
+        test_bytes=1_000,
+        chunk_size=500,
+    )
+    config.model.vocab_size = 258
+    result = train_and_evaluate(config, tmp_path / "run")
+    assert result.step == 2 and np.isfinite(result.eval_metrics["loss"])
+
+
+def test_imagenet64_source_end_to_end(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    _write_tar(manual / "train_64x64.tar", _images(4, 1))
+    _write_tar(manual / "valid_64x64.tar", _images(2, 2))
+    config = tiny.get_config()
+    config.seq_len = 12288
+    config.data.name = "imagenet64"
+    config.data.settings = dict(data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
+    config.model.update(
+        vocab_size=256,
+        axial_shape=[64, 64, 3],
+        axial_dims=[6, 6, 4],
+        lsh_chunk_len=128,
+        local_chunk_len=128,
+        lsh_n_buckets=None,
+    )
+    config.batch_size = 2
+    config.mesh_shape = (2, 1)
+    result = train_and_evaluate(config, tmp_path / "run")
+    assert result.step == 2 and np.isfinite(result.eval_metrics["loss"])
+
+
+def test_resume_after_preemption_gives_identical_losses(tmp_path):
+    config = tiny.get_config()
+    config.num_steps = 20
+    config.checkpoint_every = 5
+    config.model.hidden_dropout = 0.1  # the per-step keys must be replayed too
+    straight = train_and_evaluate(config, tmp_path / "straight")
+    assert not straight.interrupted
+    config.stop_at_step = 10  # the SIGTERM path: checkpoint, then exit
+    first = train_and_evaluate(config, tmp_path / "resumed")
+    assert first.interrupted and first.step == 10
+    config.stop_at_step = 0
+    second = train_and_evaluate(config, tmp_path / "resumed")
+    assert second.step == 20
+    a, b = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert sorted(b) == list(range(1, 21))
+    np.testing.assert_allclose(
+        [b[s] for s in range(1, 21)], [a[s] for s in range(1, 21)], rtol=1e-6
+    )
+
+
+def test_eight_device_mesh_matches_one_device(tmp_path):
+    config = tiny.get_config()
+    config.num_steps = 3
+    config.model.n_heads = 2
+    config.mesh_shape = (1, 1)
+    train_and_evaluate(config, tmp_path / "one")
+    config.mesh_shape = (4, 2)  # data x model
+    train_and_evaluate(config, tmp_path / "eight")
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
+    np.testing.assert_allclose([b[s] for s in (1, 2, 3)], [a[s] for s in (1, 2, 3)], atol=1e-5)
+
+
+def test_resume_on_a_different_mesh(tmp_path):
+    config = tiny.get_config()
+    config.num_steps = 4
+    config.mesh_shape = (2, 1)
+    config.stop_at_step = 2
+    train_and_evaluate(config, tmp_path / "run")
+    config.stop_at_step = 0
+    config.mesh_shape = (4, 2)
+    result = train_and_evaluate(config, tmp_path / "run")
+    assert result.step == 4 and np.isfinite(result.eval_metrics["loss"])
+
+
+def test_two_processes_agree(tmp_path):
+    script = (
+        "import sys, json, jax\n"
+        "from absl import logging; logging.set_verbosity(logging.ERROR)\n"
+        "from configs import tiny\n"
+        "from reformer_jax.train import run_main\n"
+        "c = tiny.get_config(); c.num_steps = 3; c.mesh_shape = (2, 2)\n"
+        "pid = int(sys.argv[1])\n"
+        "code = run_main(c, sys.argv[2], coordinator_address='127.0.0.1:' + sys.argv[3],\n"
+        "                num_processes=2, process_id=pid)\n"
+        "sys.exit(code)\n"
+    )
+    port = str(20000 + os.getpid() % 20000)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(ROOT),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(i), str(tmp_path / "run"), port],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    multi = _losses(tmp_path / "run")  # written by process 0 (global metrics)
+    config = tiny.get_config()
+    config.num_steps = 3
+    config.mesh_shape = (1, 1)
+    train_and_evaluate(config, tmp_path / "single")
+    single = _losses(tmp_path / "single")
+    np.testing.assert_allclose(
+        [multi[s] for s in (1, 2, 3)], [single[s] for s in (1, 2, 3)], atol=1e-5
+    )
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+def test_missing_text_file_is_a_clear_error_and_creates_nothing(tmp_path, capsys):
+    config = tiny.get_config()
+    config.data.name = "text"
+    config.data.settings = dict(path=str(tmp_path / "nope.txt"), seq_len=32)
+    code = run_main(config, str(tmp_path / "run"))
+    assert code == 1
+    assert "nope.txt" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("batch_size", 0, "config.batch_size"),
+        ("learning_rate", -1.0, "config.learning_rate"),
+        ("grad_accum_steps", 3, "config.grad_accum_steps"),
+        ("optimizer", "sgd", "config.optimizer"),
+        ("model.lsh_n_buckets", 5, "model.lsh_n_buckets"),
+        ("mesh_shape", (16, 1), "mesh_shape"),
+    ],
+)
+def test_bad_config_values_are_named(tmp_path, capsys, setting, value, message):
+    config = tiny.get_config()
+    obj, *_ = [config]
+    parts = setting.split(".")
+    for part in parts[:-1]:
+        obj = obj[part]
+    obj[parts[-1]] = value
+    assert run_main(config, str(tmp_path / "run")) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_incompatible_workdir_is_refused_and_left_alone(tmp_path, capsys):
+    config = tiny.get_config()
+    train_and_evaluate(config, tmp_path / "run")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    config.model.d_model = 32
+    config.model.axial_dims = [16, 16]
+    assert run_main(config, str(tmp_path / "run")) == 1
+    assert "different settings" in capsys.readouterr().err
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    assert before == after
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    config = tiny.get_config()
+    config.num_steps = 30
+    config.checkpoint_every = 2
+    config.learning_rate = 1e30
+    config.optimizer = "adafactor"
+    code = run_main(config, str(tmp_path / "run"))
+    err = capsys.readouterr().err
+    assert code == 1 and "loss became" in err
+    steps = sorted(
+        int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()
+    )
+    assert steps, "the last good checkpoint must be kept"
+    model = load_model_from_workdir(tmp_path / "run")
+    for leaf in __import__("jax").tree.leaves(__import__("flax").nnx.state(model)):
+        assert np.isfinite(np.asarray(leaf)).all()
