@@ -38,4 +38,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batches = 1
     config.checkpoint_every = 2
     config.keep_checkpoints = 2
+    config.mesh_shape = (1, 1)  # one device: compiles fastest; sharding tests set their own
     return config
