@@ -1,0 +1,37 @@
+import jax
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from reformer_jax.model import ReformerLM
+from reformer_jax.train import sharding as shd
+from tests.model_utils import tiny_config
+
+
+def test_mesh_shapes():
+    assert jax.device_count() == 8  # tests/conftest.py simulates 8 CPU devices
+    assert dict(shd.make_mesh((-1, 2)).shape) == {"data": 4, "model": 2}
+    assert dict(shd.make_mesh((2, 1)).shape) == {"data": 2, "model": 1}
+    with pytest.raises(ValueError, match="mesh_shape"):
+        shd.make_mesh((3, -1))
+    with pytest.raises(ValueError, match="mesh_shape"):
+        shd.make_mesh((16, 1))
+
+
+def test_heads_and_mlp_go_on_the_model_axis():
+    mesh = shd.make_mesh((4, 2))
+    cfg = tiny_config(attention_pattern=("local", "lsh"), n_heads=2)
+    state = nnx.state(nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    shardings = shd.param_shardings(mesh, state)
+    block = shardings["blocks"][1]
+    # Stacked layer parameters: a replicated leading group axis, then the logical axes.
+    assert block["attention"]["qk"]["kernel"].get_value().spec == P(None, None, "model")
+    assert block["attention"]["out"]["kernel"].get_value().spec == P(None, "model", None)
+    assert block["feedforward"]["dense_in"]["kernel"].get_value().spec == P(None, None, "model")
+    assert shardings["embed"]["embedding"].get_value().spec == P(None, None)
+
+
+def test_indivisible_dimensions_are_replicated():
+    mesh = shd.make_mesh((1, 8))
+    assert shd._divisible(P(None, "model"), (4, 6), mesh) == P(None, None)
+    assert shd._divisible(P(None, "model"), (4, 16), mesh) == P(None, "model")
