@@ -108,7 +108,7 @@ def _check_workdir(workdir: pathlib.Path, record: dict[str, Any]) -> bool:
         return False
     previous = json.loads(config_path.read_text())
     diffs = [k for k in RESUME_KEYS if previous.get("train", {}).get(k) != record["train"].get(k)]
-    if previous.get("model") != record["model"]:
+    if previous.get("model") != json.loads(json.dumps(record["model"])):
         diffs.append("model (resolved)")
     if diffs:
         raise TrainingError(
@@ -320,7 +320,10 @@ def train_and_evaluate(
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     opt_sharding = optax.tree_map_params(
         tx,
-        lambda _, sharding: sharding,
+        # Adam's moments mirror their parameter; Adafactor's factored rows/columns do not.
+        lambda leaf, sharding: (
+            sharding if leaf.ndim == len(sharding.spec) else shd.replicated(mesh)
+        ),
         abstract_opt,
         param_sharding,
         transform_non_params=lambda _: shd.replicated(mesh),

@@ -18,7 +18,7 @@ from reformer_jax.kernels import (
 from tests.kernels.reference import band_mask
 
 SETTINGS = settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 
