@@ -14,7 +14,7 @@ whose single step is estimated (from the previous length of the same kernel, sca
 flop count) or measured (warm-up) to take longer than ``--max-seconds`` is skipped or cut short.
 
     python -m bench.attention                      # the full sweep (long on a small CPU)
-    python -m bench.attention --quick              # a few seconds: smoke test
+    python -m bench.attention --quick              # ~15 s smoke test
     python -m bench.attention --kinds lsh --hashes 1,8 --lengths 4096,65536
     python -m bench.attention --from-json bench/results/attention.json --markdown
 
@@ -85,6 +85,9 @@ class Result:
     gflops_per_s: float | None = None
     user_s_per_run: float | None = None
     sys_s_per_run: float | None = None
+    cpu_us_per_token: float | None = None
+    load_before: float | None = None
+    load_after: float | None = None
     temp_bytes: int | None = None
     argument_bytes: int | None = None
     output_bytes: int | None = None
@@ -98,6 +101,12 @@ class Result:
     @property
     def tokens(self) -> int:
         return self.batch * self.length
+
+    @property
+    def cpu_s_per_run(self) -> float | None:
+        if self.user_s_per_run is None or self.sys_s_per_run is None:
+            return None
+        return self.user_s_per_run + self.sys_s_per_run
 
 
 def series_name(kind: str, n_hashes: int | None) -> str:
@@ -270,6 +279,7 @@ def run_config(
     if rotations is not None:
         inputs.append(rotations)
     jax.block_until_ready(inputs)
+    res.load_before = _load_average()
     try:
         res.first_run_s = timed_call(compiled, inputs)
         if res.first_run_s > args.max_seconds:
@@ -286,11 +296,21 @@ def run_config(
             res.sys_s_per_run = (after.ru_stime - before.ru_stime) / args.repeats
     finally:
         del inputs
+    res.load_after = _load_average()
     res.median_s = statistics.median(res.times_s)
     res.us_per_token = res.median_s / res.tokens * 1e6
     if res.flops:
         res.gflops_per_s = res.flops / res.median_s / 1e9
+    if res.cpu_s_per_run is not None:
+        res.cpu_us_per_token = res.cpu_s_per_run / res.tokens * 1e6
     return res
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,7 +367,9 @@ TABLE_HEADER = (
     "compile s",
     "median s",
     "µs/token",
+    "CPU s",
     "temp MiB",
+    "load",
     "note",
 )
 
@@ -364,21 +386,39 @@ def table_rows(results: Sequence[Result]) -> list[tuple[str, ...]]:
                 _fmt(r.compile_s, ".1f"),
                 _fmt(r.median_s, ".3f"),
                 _fmt(r.us_per_token, ".2f"),
+                _fmt(r.cpu_s_per_run, ".2f"),
                 _fmt(None if r.temp_bytes is None else r.temp_bytes / MIB, ".0f"),
+                _fmt(r.load_before, ".1f"),
                 r.note,
             )
         )
     return rows
 
 
+def _table(results: Sequence[Result]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows, without the columns that are empty in every row (e.g. ``load`` in
+    results written before it was recorded, ``note`` when nothing was skipped)."""
+    rows = table_rows(results)
+    keep = [
+        i
+        for i, name in enumerate(TABLE_HEADER)
+        if name in ("kind", "median s") or any(row[i] not in ("", "-") for row in rows)
+    ]
+    return [TABLE_HEADER[i] for i in keep], [[row[i] for i in keep] for row in rows]
+
+
+_LEFT_ALIGNED = ("kind", "note")
+
+
 def text_table(results: Sequence[Result]) -> str:
-    rows = [TABLE_HEADER, *table_rows(results)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+    header, rows = _table(results)
+    rows = [header, *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for n, row in enumerate(rows):
         cells = [
-            c.ljust(w) if i in (0, 8) else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            c.ljust(w) if name in _LEFT_ALIGNED else c.rjust(w)
+            for c, w, name in zip(row, widths, header, strict=True)
         ]
         lines.append("  ".join(cells).rstrip())
         if n == 0:
@@ -387,9 +427,10 @@ def text_table(results: Sequence[Result]) -> str:
 
 
 def markdown_table(results: Sequence[Result]) -> str:
-    align = ["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---"]
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "| " + " | ".join(align) + " |"]
-    for row in table_rows(results):
+    header, rows = _table(results)
+    align = ["---" if name in _LEFT_ALIGNED else "---:" for name in header]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    for row in rows:
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -418,6 +459,7 @@ def plot(path: Path, results: Sequence[Result], payload: dict[str, Any]) -> None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     series: dict[str, list[Result]] = {}
     for r in results:
@@ -428,7 +470,7 @@ def plot(path: Path, results: Sequence[Result], payload: dict[str, Any]) -> None
     for i, name in enumerate(lsh_names):
         colors[name] = cmap(0.15 + 0.7 * i / max(1, len(lsh_names) - 1))
 
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (ax_t, ax_c, ax_m) = plt.subplots(1, 3, figsize=(18, 5.2))
     for name, rs in series.items():
         rs = sorted(rs, key=lambda r: r.length)
         ran = [r for r in rs if r.median_s is not None]
@@ -437,6 +479,15 @@ def plot(path: Path, results: Sequence[Result], payload: dict[str, Any]) -> None
                 [r.length for r in ran],
                 [r.us_per_token for r in ran],
                 "o-",
+                color=colors.get(name),
+                label=name,
+            )
+        cpu = [r for r in rs if r.cpu_s_per_run is not None]
+        if cpu:
+            ax_c.plot(
+                [r.length for r in cpu],
+                [r.cpu_s_per_run / r.tokens * 1e6 for r in cpu],
+                "s--",
                 color=colors.get(name),
                 label=name,
             )
@@ -470,19 +521,23 @@ def plot(path: Path, results: Sequence[Result], payload: dict[str, Any]) -> None
             color="gray",
         )
     lengths = sorted({r.length for r in results})
-    for ax in (ax_t, ax_m):
+    for ax in (ax_t, ax_c, ax_m):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(lengths, [_length_label(n) for n in lengths])
         ax.minorticks_off()
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
         ax.set_xlabel("sequence length (tokens)")
         ax.grid(True, which="major", alpha=0.3)
     ax_t.set_ylabel("forward + backward time per token (µs)")
-    ax_t.set_title("Time per token (tokens per batch fixed)")
+    ax_t.set_title("Wall time per token (median; tokens per batch fixed)")
+    ax_c.set_ylabel("process CPU time (user + sys) per token (µs)")
+    ax_c.set_title("CPU time per token (less sensitive to a shared machine)")
     ax_m.set_ylabel("compiled temp memory (MiB)")
     ax_m.set_title("Compiled temp memory (hollow: compiled, not run)")
-    ax_t.legend(fontsize=8)
-    ax_m.legend(fontsize=8)
+    handles, labels = ax_m.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     machine = payload.get("machine", {})
     fig.suptitle(
         f"Attention fwd+bwd, {settings.get('tokens')} tokens/batch, {settings.get('heads')} heads "
@@ -491,7 +546,7 @@ def plot(path: Path, results: Sequence[Result], payload: dict[str, Any]) -> None
         f"({machine.get('cpus_usable')} cores), jax {machine.get('jax')}",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, dpi=110, format="png")
@@ -563,7 +618,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="tiny smoke run (seconds): lengths 256,512, 2K tokens, 2 heads x 32, "
+        help="tiny smoke run (~15 s, mostly compiling): lengths 256,512, 2K tokens, 2 heads x 32, "
         "chunk 64, hashes 1,2, 2 repeats",
     )
     p.add_argument(
@@ -649,7 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             r = table_rows([res])[0]
             print(
                 f"{res.series:8s} L={r[2]:>4s} batch={r[3]:>3s} compile {r[4]:>5s} s  median "
-                f"{r[5]:>7s} s  {r[6]:>7s} µs/token  temp {r[7]:>6s} MiB  {r[8]}",
+                f"{r[5]:>7s} s  {r[6]:>7s} µs/token  CPU {r[7]:>6s} s  temp {r[8]:>6s} MiB  "
+                f"load {r[9]:>4s}  {r[10]}",
                 flush=True,
             )
             payload["elapsed_s"] = round(time.perf_counter() - start, 1)
