@@ -148,7 +148,13 @@ def load_model_from_workdir(
         raise FileNotFoundError(
             f"{config_path} not found: {workdir} is not a reformer_jax training workdir"
         )
-    cfg = ReformerConfig.from_dict(json.loads(config_path.read_text())["model"])
+    record = json.loads(config_path.read_text())
+    if "model" not in record or "train" not in record:
+        raise FileNotFoundError(
+            f"{config_path} is not a training run's config (no 'model'/'train' entries); for a "
+            "model export written by save_model or the converter use load_model instead"
+        )
+    cfg = ReformerConfig.from_dict(record["model"])
     if config_overrides:
         cfg = cfg.replace(**config_overrides)
     manager = ocp.CheckpointManager(

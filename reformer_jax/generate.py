@@ -50,13 +50,16 @@ from reformer_jax.kernels.masking import score_dtype
 from reformer_jax.layers.attention import attend, layer_rotations, lsh_n_buckets
 
 __all__ = [
+    "Cache",
     "DecodeSpec",
+    "bucket_attention",
     "cache_bytes",
     "decode_logits",
     "decode_spec",
     "decode_step",
     "filter_logits",
     "generate",
+    "lower_generate",
     "prefill",
     "sample_logits",
 ]
@@ -186,9 +189,18 @@ def bucket_attention(
       n_buckets: number of real buckets per round.
       cache_size: earlier positions of the same bucket each position sees (per round).
     """
+    return _bucket_prefill(qk, v, buckets, n_buckets, cache_size)[0]
+
+
+def _bucket_prefill(qk, v, buckets, n_buckets: int, size: int):
+    """:func:`bucket_attention` plus the bucket tables a decode step continues from.
+
+    Tables: ``table`` int32 ``[B, H, R, n_buckets, size]``, the ``size`` most recent positions
+    of every bucket (a ring: the position of within-bucket rank ``w`` sits in slot
+    ``w % size``; -1 is empty) and ``counts`` int32 ``[B, H, R, n_buckets]``.
+    """
     batch, heads, length, _ = qk.shape
     n_hashes = buckets.shape[2]
-    size = cache_size
     padded = length + (-length) % size
     n_chunks = padded // size
     dtype = score_dtype(qk.dtype)
@@ -199,9 +211,11 @@ def bucket_attention(
     )
     qk_p = jnp.pad(qk, ((0, 0), (0, 0), (0, padded - length), (0, 0)))
     v_p = jnp.pad(v, ((0, 0), (0, 0), (0, padded - length), (0, 0)))
-    keys = kernels.unit_keys(qk_p)
-    order = jnp.argsort(buckets, axis=-1, stable=True)  # (bucket, position) per round
-    sorted_b = jnp.take_along_axis(buckets, order, axis=-1)
+    # Sorting by bucket with a stable sort orders every round by (bucket, position): a bucket's
+    # positions are contiguous and in order, so "the ``size`` most recent earlier positions of
+    # my bucket" are the (same-bucket) sorted rows ``i - size .. i - 1``.
+    index = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), buckets.shape)
+    sorted_b, order = jax.lax.sort((buckets, index), dimension=3, num_keys=1, is_stable=True)
 
     def gather(x):  # [B, H, P, d] by order [B, H, R, P] -> [B, H, R, P, d]
         return jnp.take_along_axis(x[:, :, None], order[..., None], axis=3)
@@ -211,62 +225,60 @@ def bucket_attention(
 
     def window(x):  # previous chunk + own chunk: [B, H, R, n, 2 * size, ...]
         c = chunks(x)
-        prev = jnp.roll(c, 1, axis=3)  # chunk 0's "previous" is masked below
+        prev = jnp.roll(c, 1, axis=3)  # chunk 0's "previous" chunk is masked below
         return jnp.concatenate([prev, c], axis=4)
 
-    q_s, k_s, v_s = gather(qk_p), gather(keys), gather(v_p)
     scores = jnp.einsum(
-        "bhrnqd,bhrnkd->bhrnqk", chunks(q_s), window(k_s), preferred_element_type=dtype
+        "bhrnqd,bhrnkd->bhrnqk",
+        chunks(gather(qk_p)),
+        window(gather(kernels.unit_keys(qk_p))),
+        preferred_element_type=dtype,
     )
-    index = jnp.arange(padded).reshape(n_chunks, size)
-    q_idx = index[:, :, None]
-    k_idx = (index[:, None, :1] - size) + jnp.arange(2 * size)[None, None, :]
+    rows = jnp.arange(padded).reshape(n_chunks, size)
+    q_idx = rows[:, :, None]
+    k_idx = (rows[:, None, :1] - size) + jnp.arange(2 * size)[None, None, :]
     allowed = (k_idx < q_idx) & (k_idx >= q_idx - size) & (k_idx >= 0)
-    same = chunks(sorted_b)[..., :, None] == window(sorted_b)[..., None, :]
-    real = chunks(sorted_b)[..., :, None] < n_buckets
-    scores = jnp.where(allowed & same & real, scores, mask_value)
+    q_b = chunks(sorted_b)[..., :, None]
+    allowed = allowed & (q_b == window(sorted_b)[..., None, :]) & (q_b < n_buckets)
+    scores = jnp.where(allowed, scores, mask_value)
     scores = jnp.where(q_idx == k_idx, self_value, scores)
     row_max = jnp.max(scores, axis=-1, keepdims=True)
     unnormalised = jnp.exp(scores - row_max)
     row_sum = jnp.sum(unnormalised, axis=-1, keepdims=True)
     probs = unnormalised / row_sum
-    lse = (row_max + jnp.log(row_sum))[..., 0]
-    out = jnp.einsum("bhrnqk,bhrnkd->bhrnqd", probs.astype(v.dtype), window(v_s))
+    lse = (row_max + jnp.log(row_sum)).reshape(batch, heads, n_hashes, padded)
+    out = jnp.einsum("bhrnqk,bhrnkd->bhrnqd", probs.astype(v.dtype), window(gather(v_p)))
     out = out.reshape(batch, heads, n_hashes, padded, -1)
-    lse = lse.reshape(batch, heads, n_hashes, padded)
-    # Unsort: position order[i] gets sorted row i.
-    inverse = jnp.argsort(order, axis=-1)
+    # Unsort: sorted row i goes back to position order[i].
+    inverse = jnp.put_along_axis(jnp.zeros_like(order), order, index, axis=-1, inplace=False)
     out = jnp.take_along_axis(out, inverse[..., None], axis=3)[:, :, :, :length]
     lse = jnp.take_along_axis(lse, inverse, axis=3)[:, :, :, :length]
     if n_hashes == 1:
-        return out[:, :, 0]
-    weights = jax.nn.softmax(lse, axis=2)[..., None]
-    return jnp.sum(out * weights.astype(out.dtype), axis=2)
+        out = out[:, :, 0]
+    else:
+        weights = jax.nn.softmax(lse, axis=2)[..., None]
+        out = jnp.sum(out * weights.astype(out.dtype), axis=2)
 
+    # Tables: within-bucket rank of every sorted row, keep the last ``size`` of each bucket.
+    first = jnp.concatenate(
+        [jnp.ones_like(sorted_b[..., :1], bool), sorted_b[..., 1:] != sorted_b[..., :-1]], -1
+    )
+    rank = index - jax.lax.cummax(jnp.where(first, index, 0), axis=3)
+    flat = (-1, padded)
 
-def _bucket_tables(buckets: jax.Array, n_buckets: int, size: int) -> tuple[jax.Array, jax.Array]:
-    """Per round and bucket, the ``size`` most recent positions (ring layout) and the counts.
-
-    ``buckets`` ``[B, H, R, P]`` (ids ``>= n_buckets``: padding, left out). Returns
-    ``table`` int32 ``[B, H, R, n_buckets, size]`` (-1: empty; position ``p`` with within-bucket
-    rank ``w`` sits in slot ``w % size``) and ``counts`` int32 ``[B, H, R, n_buckets]``.
-    """
-
-    def one(b):  # b [P]
-        length = b.shape[0]
-        order = jnp.argsort(b, stable=True)
-        sb = b[order]
-        i = jnp.arange(length)
-        start = jax.lax.cummax(jnp.where((i == 0) | (sb != jnp.roll(sb, 1)), i, 0))
-        rank = i - start
+    def one_row(sb, rank, pos):
         counts = jnp.zeros((n_buckets,), jnp.int32).at[sb].add(1, mode="drop")
         keep = (sb < n_buckets) & (rank >= counts[jnp.minimum(sb, n_buckets - 1)] - size)
-        row = jnp.where(keep, sb, n_buckets)  # out of range: dropped
         table = jnp.full((n_buckets, size), -1, jnp.int32)
-        table = table.at[row, rank % size].set(order.astype(jnp.int32), mode="drop")
+        table = table.at[jnp.where(keep, sb, n_buckets), rank % size].set(pos, mode="drop")
         return table, counts
 
-    return jax.vmap(jax.vmap(jax.vmap(one)))(buckets)
+    table, counts = jax.vmap(one_row)(
+        sorted_b.reshape(flat), rank.reshape(flat), order.reshape(flat)
+    )
+    table = table.reshape(batch, heads, n_hashes, n_buckets, size)
+    counts = counts.reshape(batch, heads, n_hashes, n_buckets)
+    return out, table, counts
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,7 +294,7 @@ def _local_window(cfg: ReformerConfig) -> int:
     return (cfg.local_chunks_before + 1) * cfg.local_chunk_len
 
 
-def _prefill_impl(model, prompts, lengths, hash_rng, spec: DecodeSpec):
+def _prefill_impl(model, prompts, lengths, rotations, spec: DecodeSpec):
     """The prompt through the stack: returns the two output streams ``[B, P, d]`` and the
     per-layer caches. A scan over the layer groups (as in the model), so compile time does
     not grow with depth."""
@@ -295,7 +307,6 @@ def _prefill_impl(model, prompts, lengths, hash_rng, spec: DecodeSpec):
         x = x + pos.astype(x.dtype)[None]
     x = x.astype(cfg.compute_dtype)
     n_pattern = len(cfg.attention_pattern)
-    rotations = _rotations(cfg, spec, hash_rng)
     graphs, states, stacked_rot = [], [], []
     for p, block in enumerate(model.blocks):
         ag, astate = nnx.split(block.attention)
@@ -345,10 +356,7 @@ def _prefill_layer(cfg, spec, kind, attn, ff, x1, x2, valid, lengths, rotations)
         else:
             nb = kernels.total_buckets(spec.n_buckets)
             buckets = kernels.hash_vectors(q_bhld, rotations, _nb_arg(spec), valid)
-            out = bucket_attention(
-                q_bhld, v_bhld, buckets, n_buckets=nb, cache_size=spec.lsh_cache_size
-            )
-            table, counts = _bucket_tables(buckets, nb, spec.lsh_cache_size)
+            out, table, counts = _bucket_prefill(q_bhld, v_bhld, buckets, nb, spec.lsh_cache_size)
             cache.update(table=table, counts=counts, rotations=rotations)
         cache["k"] = _place(kernels.unit_keys(qk), big)
         cache["v"] = _place(v, big)
@@ -411,9 +419,9 @@ def _step_impl(model, caches, tokens, positions, spec: DecodeSpec):
     batch = tokens.shape[0]
     rows = jnp.arange(batch)
     x = model.embed(tokens)
-    pos = model.positions(spec.max_length)
+    pos = _position_rows(model, positions, spec.max_length)
     if pos is not None:
-        x = x + pos[positions].astype(x.dtype)
+        x = x + pos.astype(x.dtype)
     x = x.astype(cfg.compute_dtype)
     x1 = x2 = x
     t = positions
@@ -464,6 +472,23 @@ def _step_impl(model, caches, tokens, positions, spec: DecodeSpec):
         x2 = x2 + ff(x1[:, None])[:, 0]
         new_caches.append(cache)
     return _head(model, x1, x2), tuple(new_caches)
+
+
+def _position_rows(model, positions: jax.Array, max_length: int) -> jax.Array | None:
+    """``model.positions(max_length)[positions]`` without building the whole table."""
+    cfg = model.cfg
+    table = model.positions
+    if cfg.pos_embedding == "none":
+        return None
+    if cfg.pos_embedding == "learned":
+        return table.table[...][positions]
+    if cfg.pos_embedding == "axial":  # row-major grid index of every position
+        rows, stride = [], math.prod(cfg.axial_shape)
+        for axis, n in zip(table.axes, cfg.axial_shape, strict=True):
+            stride //= n
+            rows.append(axis[...][(positions // stride) % n])
+        return jnp.concatenate(rows, axis=-1)
+    return model.positions(max_length)[positions]  # sinusoidal: a constant table
 
 
 def _lsh_step(cfg, spec, cache, qk, v, t, mask_value, self_value, sdt):
@@ -527,8 +552,10 @@ class Cache:
 
 
 def cache_bytes(cache: Cache) -> int:
-    """Bytes held by the cache's arrays (LSH rotations included)."""
-    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache.layers)))
+    """Bytes held by the cache's arrays (LSH rotations included); also works on the abstract
+    cache of ``jax.eval_shape(lambda: prefill(...))``."""
+    leaves = jax.tree.leaves(cache.layers)
+    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in leaves))
 
 
 def _as_prompts(prompts, prompt_lengths) -> tuple[np.ndarray, np.ndarray]:
@@ -574,9 +601,9 @@ def _hash_rng(cfg, hash_rng):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec", "all_logits"))
-def _prefill_jit(graphdef, state, prompts, lengths, hash_rng, *, spec, all_logits):
+def _prefill_jit(graphdef, state, prompts, lengths, rotations, *, spec, all_logits):
     model = nnx.merge(graphdef, state)
-    x1, x2, caches = _prefill_impl(model, prompts, lengths, hash_rng, spec)
+    x1, x2, caches = _prefill_impl(model, prompts, lengths, rotations, spec)
     if all_logits:
         logits = _head(model, x1, x2)
     else:
@@ -622,7 +649,7 @@ def prefill(
         state,
         jnp.asarray(array),
         jnp.asarray(lengths),
-        _hash_rng(model.cfg, hash_rng),
+        _rotations(model.cfg, spec, _hash_rng(model.cfg, hash_rng)),
         spec=spec,
         all_logits=False,
     )
@@ -639,11 +666,11 @@ def decode_step(model, cache: Cache, tokens, positions) -> tuple[jax.Array, Cach
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec", "prompt_length"))
-def _decode_logits_jit(graphdef, state, tokens, hash_rng, *, spec, prompt_length):
+def _decode_logits_jit(graphdef, state, tokens, rotations, *, spec, prompt_length):
     model = nnx.merge(graphdef, state)
     batch, length = tokens.shape
     lengths = jnp.full((batch,), prompt_length, jnp.int32)
-    x1, x2, caches = _prefill_impl(model, tokens[:, :prompt_length], lengths, hash_rng, spec)
+    x1, x2, caches = _prefill_impl(model, tokens[:, :prompt_length], lengths, rotations, spec)
     first = _head(model, x1, x2)
 
     def body(caches, xs):
@@ -684,7 +711,7 @@ def decode_logits(
         graphdef,
         state,
         tokens,
-        _hash_rng(model.cfg, hash_rng),
+        _rotations(model.cfg, spec, _hash_rng(model.cfg, hash_rng)),
         spec=spec,
         prompt_length=prompt_length,
     )
@@ -776,7 +803,7 @@ def _generate_jit(
     prompts,
     lengths,
     row_keys,
-    hash_rng,
+    rotations,
     temperature,
     top_p,
     *,
@@ -812,10 +839,10 @@ def _generate_jit(
 
     def forward(buf, last):  # uncached: the whole model on the buffer, logits at ``last``
         mask = jnp.arange(total)[None, :] <= last[:, None]
-        return model(buf, mask=mask, hash_rng=hash_rng)[rows, last]
+        return model(buf, mask=mask, rotations=rotations or None)[rows, last]
 
     if use_cache:
-        x1, x2, caches = _prefill_impl(model, prompts, lengths, hash_rng, spec)
+        x1, x2, caches = _prefill_impl(model, prompts, lengths, rotations, spec)
         logits = _head(model, x1[rows, lengths - 1], x2[rows, lengths - 1])
     else:
         caches = ()
@@ -896,6 +923,44 @@ def generate(
     Returns:
       Tokens ``[B, P + max_new_tokens]`` (and the lengths ``[B]`` if ``return_lengths``).
     """
+    args, statics = _generate_args(
+        model,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        key=key,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        greedy=greedy,
+        stop_token=stop_token,
+        pad_token=pad_token,
+        prompt_lengths=prompt_lengths,
+        use_cache=use_cache,
+        hash_rng=hash_rng,
+        lsh_cache_size=lsh_cache_size,
+    )
+    tokens, out_lengths = _generate_jit(*args, **statics)
+    return (tokens, out_lengths) if return_lengths else tokens
+
+
+def _generate_args(
+    model,
+    prompts,
+    *,
+    max_new_tokens,
+    key,
+    temperature,
+    top_k,
+    top_p,
+    greedy,
+    stop_token,
+    pad_token,
+    prompt_lengths,
+    use_cache,
+    hash_rng,
+    lsh_cache_size,
+):
+    """Validates `generate`'s arguments; returns the jitted program's (args, static kwargs)."""
     cfg = model.cfg
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
@@ -913,21 +978,20 @@ def generate(
     total = array.shape[1] + max_new_tokens
     if use_cache:
         spec = decode_spec(cfg, total, lsh_cache_size=lsh_cache_size)
-    else:
-        if not cfg.causal:
-            raise ValueError("generation needs a causal model (model.causal=True)")
-        cfg.check_length(total)
-        spec = DecodeSpec(total, None, 1, False)
+    else:  # the same checks and LSH rotations, no cache
+        spec = decode_spec(cfg.replace(local_wrap_around=False), total, lsh_cache_size=1)
     graphdef, state = nnx.split(model)
-    tokens, out_lengths = _generate_jit(
+    args = (
         graphdef,
         state,
         jnp.asarray(array),
         jnp.asarray(lengths),
         _row_keys(key, array.shape[0]),
-        _hash_rng(cfg, hash_rng),
+        _rotations(cfg, spec, _hash_rng(cfg, hash_rng)),
         jnp.float32(1.0 if greedy else temperature),
         jnp.float32(1.0 if top_p is None else top_p),
+    )
+    statics = dict(
         spec=spec,
         max_new_tokens=max_new_tokens,
         top_k=top_k,
@@ -937,4 +1001,32 @@ def generate(
         pad_token=pad_token,
         use_cache=use_cache,
     )
-    return (tokens, out_lengths) if return_lengths else tokens
+    return args, statics
+
+
+def lower_generate(model, prompts, **kwargs) -> tuple[Any, tuple]:
+    """Ahead-of-time form of `generate` (same keyword arguments, ``return_lengths`` excepted).
+
+    Returns ``(lowered, dynamic_args)``: ``compiled = lowered.compile()``, then
+    ``tokens, lengths = compiled(*dynamic_args)`` runs the program without recompiling (what the
+    benchmark times).
+    """
+    defaults = dict(
+        key=None,
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        greedy=False,
+        stop_token=None,
+        pad_token=0,
+        prompt_lengths=None,
+        use_cache=True,
+        hash_rng=None,
+        lsh_cache_size=None,
+    )
+    unknown = set(kwargs) - set(defaults) - {"max_new_tokens"}
+    if unknown or "max_new_tokens" not in kwargs:
+        raise TypeError(f"lower_generate: needs max_new_tokens; unknown: {sorted(unknown)}")
+    args, statics = _generate_args(model, prompts, **{**defaults, **kwargs})
+    lowered = _generate_jit.lower(*args, **statics)
+    return lowered, args[1:]  # the graphdef is static

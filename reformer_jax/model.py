@@ -92,9 +92,9 @@ class ReformerLM(nnx.Module):
         Args:
           mask: ``[B, L]`` bool, True for real tokens (padding never influences real ones).
           dropout_rng: key for dropout; None is deterministic (evaluation).
-          hash_rng: key for the LSH rotations. Precedence: explicit ``rotations``, then the
-            config's ``hash_seed``, then ``hash_rng``, then ``dropout_rng``, then a fixed key
-            (so evaluation is reproducible). Each LSH layer folds in its index.
+          hash_rng: key for the LSH rotations. Precedence: explicit ``rotations``, then
+            ``hash_rng``, then the config's ``hash_seed``, then ``dropout_rng``, then a fixed
+            key (so evaluation is reproducible). Each LSH layer folds in its index.
           rotations: explicit rotations by layer index (every LSH layer), as drawn by
             ``layer_rotations``; e.g. to match another implementation exactly.
         """
