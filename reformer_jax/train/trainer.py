@@ -9,6 +9,7 @@ TensorBoard and a progress bar.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -214,9 +215,9 @@ def evaluate(
     params, graphdef, source, config, mesh, *, model_cfg: ReformerConfig | None = None
 ) -> dict[str, float]:
     """Loss, accuracy and bits per token on ``config.eval_batches`` held-out batches."""
-    if model_cfg is not None:
-        graphdef = _graphdef_for(model_cfg)
-    eval_step = jax.jit(make_eval_step(graphdef))
+    eval_step = (
+        _eval_step(model_cfg) if model_cfg is not None else jax.jit(make_eval_step(graphdef))
+    )
     totals = {"loss_sum": 0.0, "weight": 0.0, "correct": 0.0}
     batches = source.batches(
         "eval",
@@ -240,8 +241,11 @@ def evaluate(
     }
 
 
-def _graphdef_for(cfg: ReformerConfig):
-    return nnx.split(nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0))), nnx.Param)[0]
+@functools.lru_cache(maxsize=32)
+def _eval_step(cfg: ReformerConfig):
+    """One jitted evaluation step per model config (periodic evals reuse the compilation)."""
+    graphdef = nnx.split(nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0))), nnx.Param)[0]
+    return jax.jit(make_eval_step(graphdef))
 
 
 def hash_table(params, model_cfg: ReformerConfig, source, config, mesh) -> dict[str, float]:
@@ -444,7 +448,7 @@ def train_and_evaluate(
             if progress is not None:
                 progress.update(1)
             if step % config.eval_every == 0 or step == config.num_steps:
-                eval_metrics = evaluate(params, graphdef, source, config, mesh)
+                eval_metrics = evaluate(params, None, source, config, mesh, model_cfg=model_cfg)
                 writer.write(step, "eval", eval_metrics)
                 _log(
                     f"step {step}: eval loss {eval_metrics['loss']:.4f}, accuracy "
