@@ -145,9 +145,9 @@ class _Preemption:
 def make_train_step(graphdef, tx, model_cfg: ReformerConfig, accum: int, seed: int):
     """The pure step: (params, opt_state, batch, step) -> (params, opt_state, metrics)."""
 
-    def loss_fn(params, batch, key):
+    def loss_fn(params, batch, key, hash_key):
         model = nnx.merge(graphdef, params)
-        logits = model(batch["inputs"], dropout_rng=key)
+        logits = model(batch["inputs"], dropout_rng=key, hash_rng=hash_key)
         loss, weight = lm_loss(logits, batch["targets"], batch["weights"])
         correct = (jnp.argmax(logits[:, :-1], -1) == batch["targets"][:, 1:]) * batch["weights"][
             :, 1:
@@ -158,8 +158,11 @@ def make_train_step(graphdef, tx, model_cfg: ReformerConfig, accum: int, seed: i
 
     def step_fn(params, opt_state, batch, step):
         key = jax.random.fold_in(jax.random.key(seed), step)
+        hash_key = None
+        if model_cfg.hash_seed is None:
+            hash_key = jax.random.fold_in(key, 2**31 - 3)  # fresh rotations every step
         if accum == 1:
-            (loss, (weight, correct)), grads = grad_fn(params, batch, key)
+            (loss, (weight, correct)), grads = grad_fn(params, batch, key, hash_key)
         else:
             micro = jax.tree.map(
                 lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch
@@ -167,7 +170,9 @@ def make_train_step(graphdef, tx, model_cfg: ReformerConfig, accum: int, seed: i
 
             def body(carry, xs):
                 mb, i = xs
-                (mb_loss, (w, c)), g = grad_fn(params, mb, jax.random.fold_in(key, i))
+                # Dropout differs per micro-batch; LSH rotations are the step's, as without
+                # accumulation.
+                (mb_loss, (w, c)), g = grad_fn(params, mb, jax.random.fold_in(key, i), hash_key)
                 acc_g, acc_l, acc_w, acc_c = carry
                 # Weight each micro-batch by its scored tokens: the mean over the global batch.
                 acc_g = jax.tree.map(lambda a, b: a + b * w, acc_g, g)

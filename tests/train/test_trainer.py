@@ -3,8 +3,10 @@
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 
 import jax
@@ -268,3 +270,46 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     model = load_model_from_workdir(tmp_path / "run")
     for leaf in jax.tree.leaves(nnx.state(model)):
         assert np.isfinite(np.asarray(leaf)).all()
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    config = tiny.get_config()
+    config.num_steps = 3
+    train_and_evaluate(config, tmp_path / "full")
+    config.grad_accum_steps = 4
+    train_and_evaluate(config, tmp_path / "accum")
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "accum")
+    np.testing.assert_allclose([b[s] for s in (1, 2, 3)], [a[s] for s in (1, 2, 3)], atol=1e-5)
+
+
+def test_a_real_sigterm_checkpoints_and_exits(tmp_path):
+    workdir = tmp_path / "run"
+    args = [
+        sys.executable,
+        "train.py",
+        "--config",
+        "configs/tiny.py",
+        "--workdir",
+        str(workdir),
+        "--config.num_steps=100000",
+        "--config.checkpoint_every=100000",
+        "--config.log_every=1",
+        "--config.eval_every=100000",
+    ]
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(_losses(workdir)) >= 3:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[0].decode()
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 3, output
+    assert "checkpoint saved" in output
+    steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(steps) == 1 and steps[0] >= 3
