@@ -14,14 +14,13 @@ import os
 import pathlib
 import sys
 
+import ipykernel  # noqa: F401  (provides the python3 kernel and its kernelspec)
 import jax
+import jupytext
+import matplotlib  # noqa: F401
+import nbclient
+import nbformat
 import pytest
-
-jupytext = pytest.importorskip("jupytext")
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")  # provides the python3 kernel (and its kernelspec)
-pytest.importorskip("matplotlib")
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = sorted(p.stem for p in NOTEBOOKS.glob("*.py"))
