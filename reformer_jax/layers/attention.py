@@ -10,7 +10,7 @@ import jax
 from flax import nnx
 
 from reformer_jax import kernels
-from reformer_jax.config import ReformerConfig
+from reformer_jax.config import ATTENTION_KINDS, ReformerConfig
 
 
 def _dense(cfg: ReformerConfig, d_in: int, d_out: int, axes: tuple, rngs: nnx.Rngs) -> nnx.Linear:
@@ -116,7 +116,7 @@ def attend(
             dropout_key=dropout_key,
         )
         return out, None
-    raise ValueError(f"unknown attention kind {kind!r}; use one of {kernels.__all__}")
+    raise ValueError(f"unknown attention kind {kind!r}; use one of {list(ATTENTION_KINDS)}")
 
 
 class SelfAttention(nnx.Module):
