@@ -417,10 +417,13 @@ def train_and_evaluate(
             if stop_here:
                 # Simulated preemption (tests): the same path as a real SIGTERM.
                 preemption.signal = signal.SIGTERM
+            # One snapshot per step: a signal arriving later in this iteration is handled
+            # (saved, then exit) at the end of the next one, never exited on without a save.
+            signalled = preemption.signal
             save_now = (
                 step % config.checkpoint_every == 0
                 or step == config.num_steps
-                or preemption.signal is not None
+                or signalled is not None
             )
             if save_now or step % config.log_every == 0:
                 # Never checkpoint a diverged state: check before every save as well.
@@ -461,10 +464,10 @@ def train_and_evaluate(
                 )
             if save_now:
                 checkpointer.save(step, params, opt_state, {"step": step, "data_step": step})
-            if preemption.signal is not None:
+            if signalled is not None:
                 interrupted = True
                 _log(
-                    f"received signal {preemption.signal}: checkpoint saved at step {step}; "
+                    f"received signal {signalled}: checkpoint saved at step {step}; "
                     "rerun the same command to resume"
                 )
                 break
