@@ -90,19 +90,7 @@ class Result:
     speedup: float | None = None
 
 
-_GREEDY = dict(
-    key=None,
-    temperature=1.0,
-    top_k=None,
-    top_p=None,
-    greedy=True,
-    stop_token=None,
-    pad_token=0,
-    prompt_lengths=None,
-    use_cache=True,
-    hash_rng=None,
-    lsh_cache_size=None,
-)
+_GREEDY = {**gen.GENERATE_DEFAULTS, "greedy": True}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n"), donate_argnames=("cache",))

@@ -1004,6 +1004,22 @@ def _generate_args(
     return args, statics
 
 
+#: Keyword defaults of `generate` (besides ``max_new_tokens``), shared with its AOT form.
+GENERATE_DEFAULTS = dict(
+    key=None,
+    temperature=1.0,
+    top_k=None,
+    top_p=None,
+    greedy=False,
+    stop_token=None,
+    pad_token=0,
+    prompt_lengths=None,
+    use_cache=True,
+    hash_rng=None,
+    lsh_cache_size=None,
+)
+
+
 def lower_generate(model, prompts, **kwargs) -> tuple[Any, tuple]:
     """Ahead-of-time form of `generate` (same keyword arguments, ``return_lengths`` excepted).
 
@@ -1011,19 +1027,7 @@ def lower_generate(model, prompts, **kwargs) -> tuple[Any, tuple]:
     ``tokens, lengths = compiled(*dynamic_args)`` runs the program without recompiling (what the
     benchmark times).
     """
-    defaults = dict(
-        key=None,
-        temperature=1.0,
-        top_k=None,
-        top_p=None,
-        greedy=False,
-        stop_token=None,
-        pad_token=0,
-        prompt_lengths=None,
-        use_cache=True,
-        hash_rng=None,
-        lsh_cache_size=None,
-    )
+    defaults = GENERATE_DEFAULTS
     unknown = set(kwargs) - set(defaults) - {"max_new_tokens"}
     if unknown or "max_new_tokens" not in kwargs:
         raise TypeError(f"lower_generate: needs max_new_tokens; unknown: {sorted(unknown)}")
