@@ -37,14 +37,8 @@ def test_reference_configs_match_the_paper_setups():
     assert image.ff_activation == "gelu" and image.layer_kinds() == ["lsh"] * 6
 
 
-@pytest.mark.slow
-def test_imagenet64_config_takes_a_step_on_mock_data(tmp_path):
-    manual = tmp_path / "manual"
-    manual.mkdir()
-    _write_tar(manual / "train_64x64.tar", _images(2, 1))
-    _write_tar(manual / "valid_64x64.tar", _images(1, 2))
-    config = importlib.import_module("configs.imagenet64").get_config()
-    config.data.settings = dict(data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
+def _one_step(config, workdir):
+    """One training step, one evaluation batch and a checkpoint, on one device."""
     config.update(
         batch_size=1,
         num_steps=1,
@@ -54,8 +48,19 @@ def test_imagenet64_config_takes_a_step_on_mock_data(tmp_path):
         log_every=1,
         eval_every=1,
     )
-    result = train_and_evaluate(config, tmp_path / "run")
+    result = train_and_evaluate(config, workdir)
     assert result.step == 1 and np.isfinite(result.train_metrics[-1]["loss"])
+
+
+@pytest.mark.slow
+def test_imagenet64_config_takes_a_step_on_mock_data(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    _write_tar(manual / "train_64x64.tar", _images(2, 1))
+    _write_tar(manual / "valid_64x64.tar", _images(1, 2))
+    config = importlib.import_module("configs.imagenet64").get_config()
+    config.data.settings = dict(data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
+    _one_step(config, tmp_path / "run")
 
 
 @pytest.mark.slow
@@ -81,14 +86,4 @@ def test_enwik8_model_takes_a_step_on_mock_data(tmp_path):
         test_bytes=5_000,
         chunk_size=4096,
     )
-    config.update(
-        batch_size=1,
-        num_steps=1,
-        eval_batches=1,
-        mesh_shape=(1, 1),
-        checkpoint_every=1,
-        log_every=1,
-        eval_every=1,
-    )
-    result = train_and_evaluate(config, tmp_path / "run")
-    assert result.step == 1 and np.isfinite(result.train_metrics[-1]["loss"])
+    _one_step(config, tmp_path / "run")
