@@ -39,6 +39,8 @@ import time
 
 import numpy as np
 
+from reformer_jax.runtime import configure_xla
+
 IMAGE_SHAPE = (64, 64, 3)
 
 
@@ -272,6 +274,7 @@ def duplication_task(model, args) -> None:
 
 
 def main(argv=None) -> None:
+    configure_xla()
     args = parse_args(argv)
     if args.num_samples < 1:
         fail("--num-samples must be >= 1")

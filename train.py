@@ -13,6 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from reformer_jax.runtime import configure_xla
 from reformer_jax.train import run_main
 
 _ROOT = pathlib.Path(__file__).resolve().parent
@@ -33,6 +34,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    configure_xla()
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     config_path = flags.FLAGS["config"].config_filename
     workdir = FLAGS.workdir or str(pathlib.Path("runs") / pathlib.Path(config_path).stem)

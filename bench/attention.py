@@ -51,6 +51,7 @@ from reformer_jax.kernels import (
     local_attention,
     lsh_attention,
 )
+from reformer_jax.runtime import configure_xla
 
 KINDS = ("full", "local", "lsh")
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
@@ -662,6 +663,7 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, int | None]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_xla()
     args = parse_args(argv)
     if args.from_json is not None:
         payload, results = read_json(args.from_json)

@@ -44,6 +44,7 @@ from flax import nnx
 from reformer_jax import generate as gen
 from reformer_jax.config import ReformerConfig
 from reformer_jax.model import ReformerLM
+from reformer_jax.runtime import configure_xla
 
 DEFAULT_CONTEXTS = (1024, 2048, 4096, 8192, 16384)
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "generate.json"
@@ -216,6 +217,7 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
+    configure_xla()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--contexts", default=",".join(map(str, DEFAULT_CONTEXTS)))
     p.add_argument("--new-tokens", type=int, default=256, help="tokens generated (cached)")

@@ -23,6 +23,7 @@ from flax import nnx
 
 from reformer_jax.config import ReformerConfig
 from reformer_jax.model import ReformerLM, lm_loss
+from reformer_jax.runtime import configure_xla
 
 
 def load_config(path: str):
@@ -52,6 +53,7 @@ def train_step_memory(cfg: ReformerConfig, length: int, batch: int = 1) -> dict[
 
 
 def main() -> None:
+    configure_xla()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/enwik8.py")
     parser.add_argument("--length", type=int, default=65536)

@@ -75,6 +75,9 @@ def model_config(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     _limit_threads(args.threads)
+    from reformer_jax.runtime import configure_xla
+
+    configure_xla()
 
     import jax
     import jax.numpy as jnp
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     cpu_start = os.times()
     for step in range(1, args.steps + 1):
         if args.profile and step == args.steps:
-            with jax.profiler.trace(args.profile):
+            with jax.profiler.trace(args.profile, create_perfetto_trace=True):
                 times.append(run(step))
         else:
             times.append(run(step))
@@ -131,9 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tokens_per_s": args.batch * args.len / median,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "xla_temp_mib": memory.temp_size_in_bytes / 2**20,
-        "cpu_s_per_step": (
-            (cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system)
-        )
+        "cpu_s_per_step": ((cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system))
         / args.steps,
         "sys_s_per_step": (cpu_end.system - cpu_start.system) / args.steps,
         "compile_s": compile_s,

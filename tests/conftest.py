@@ -7,6 +7,9 @@ os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+from reformer_jax.runtime import configure_xla  # noqa: E402
+
+configure_xla()  # the flags the entry points use, so tests run what users run
 
 import pathlib  # noqa: E402
 import tempfile  # noqa: E402

@@ -7,15 +7,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from reformer_jax.kernels.masking import (
-    check_qkv,
-    dropout,
-    look_around,
-    mask_values,
-    pad_to_multiple,
-    score_dtype,
-    window_offsets,
-)
+from reformer_jax.kernels.masking import check_qkv, pad_to_multiple
+from reformer_jax.kernels.window import window_attention
 
 
 def local_attention(
@@ -53,8 +46,9 @@ def local_attention(
       dropout_rate, dropout_key: dropout on the attention probabilities.
 
     Returns:
-      ``[batch, heads, length, d_v]``. Memory is linear in length: the scores are
-      ``[batch, heads, n_chunks, chunk_len, (1 + before + after) * chunk_len]``.
+      ``[batch, heads, length, d_v]``. Time and memory are linear in length: the scores are
+      computed a block of chunks at a time (:func:`reformer_jax.kernels.window.window_attention`)
+      and recomputed in the backward pass instead of being stored.
     """
     check_qkv("local_attention", q, k, v)
     if chunk_len < 1 or n_chunks_before < 0 or n_chunks_after < 0:
@@ -67,45 +61,26 @@ def local_attention(
     scale = 1.0 / math.sqrt(d_head) if scale is None else scale
     q, k, v = (pad_to_multiple(x, chunk_len, axis=2) for x in (q, k, v))
     padded_len = q.shape[2]
-    n_chunks = padded_len // chunk_len
-
-    def chunked(x: jax.Array) -> jax.Array:
-        return x.reshape(batch, heads, n_chunks, chunk_len, x.shape[-1])
-
-    q_chunks = chunked(q)
-    k_window = look_around(chunked(k), n_chunks_before, n_chunks_after, axis=2)
-    v_window = look_around(chunked(v), n_chunks_before, n_chunks_after, axis=2)
-
-    positions = jnp.arange(padded_len).reshape(n_chunks, chunk_len)
-    q_pos = positions[:, :, None]
-    k_pos = look_around(positions, n_chunks_before, n_chunks_after, axis=0)[:, None, :]
-
-    allowed = jnp.ones((n_chunks, 1, k_pos.shape[-1]), bool)
-    if causal:
-        allowed = allowed & (k_pos <= q_pos)
-    if not wrap_around:
-        key_chunk = jnp.arange(n_chunks)[:, None] + window_offsets(
-            chunk_len, n_chunks_before, n_chunks_after
-        )
-        allowed = allowed & ((key_chunk >= 0) & (key_chunk < n_chunks))[:, None, :]
+    positions = jnp.broadcast_to(jnp.arange(padded_len, dtype=jnp.int32), q.shape[:3])
     key_valid = None
     if mask is not None or padded_len != length:
         valid = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
         valid = pad_to_multiple(valid, chunk_len, axis=1, value=False)
-        valid = look_around(
-            valid.reshape(batch, n_chunks, chunk_len), n_chunks_before, n_chunks_after, axis=1
-        )
-        key_valid = valid[:, None, :, None, :]  # [batch, 1, n_chunks, 1, window]
-
-    dtype = score_dtype(q.dtype)
-    mask_value, _ = mask_values(dtype)
-    scores = jnp.einsum("bhncd,bhnkd->bhnck", q_chunks, k_window, preferred_element_type=dtype)
-    scores = scores * scale
-    allowed = allowed[None, None]
-    if key_valid is not None:
-        allowed = allowed & key_valid
-    scores = jnp.where(allowed, scores, mask_value)
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = dropout(probs, dropout_rate, dropout_key)
-    out = jnp.einsum("bhnck,bhnkd->bhncd", probs.astype(v.dtype), v_window)
-    return out.reshape(batch, heads, padded_len, -1)[:, :, :length]
+        key_valid = jnp.broadcast_to(valid[:, None, :], q.shape[:3])
+    out, _ = window_attention(
+        q,
+        k,
+        v,
+        positions,
+        chunk_len=chunk_len,
+        n_before=n_chunks_before,
+        n_after=n_chunks_after,
+        wrap=wrap_around,
+        causal=causal,
+        exclude_self=False,
+        scale=scale,
+        key_valid=key_valid,
+        dropout_rate=dropout_rate,
+        dropout_key=dropout_key,
+    )
+    return out[:, :, :length]

@@ -10,22 +10,16 @@ softmax normalisers. Time is O(n_hashes * L * log L) for the sort plus O(n_hashe
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reformer_jax.kernels.masking import (
-    check_qkv,
-    dropout,
-    look_around,
-    mask_values,
-    pad_to_multiple,
-    score_dtype,
-)
+from reformer_jax.kernels.masking import check_qkv, pad_to_multiple, score_dtype
+from reformer_jax.kernels.window import window_attention
 
 NBuckets = int | Sequence[int]
 
@@ -108,12 +102,17 @@ def hash_vectors(
             f"n_buckets={n_buckets!r}, got {rotations.shape}; draw them with draw_rotations"
         )
     x = jax.lax.stop_gradient(x)
+    batch, heads, length, d_head = x.shape
+    n_hashes, columns = rotations.shape[2:]
+    # Contract to [b, h, l, rounds * columns] (the natural layout of x @ R) and move the small
+    # int ids to [b, h, rounds, l] afterwards: asking the dot for rounds before positions
+    # makes XLA's CPU dot transpose the float result.
+    dtype = score_dtype(x.dtype)  # half precision is upcast: ties would move buckets
     rotated = jnp.einsum(
-        "bhld,hdkr->bhklr",
-        x,
-        rotations.astype(x.dtype),
-        preferred_element_type=score_dtype(x.dtype),
-    )
+        "bhld,hdc->bhlc",
+        x.astype(dtype),
+        rotations.astype(dtype).reshape(heads, d_head, n_hashes * columns),
+    ).reshape(batch, heads, length, n_hashes, columns)
     buckets = jnp.zeros(rotated.shape[:-1], jnp.int32)
     column, radix = 0, 1
     for factor in factors:
@@ -122,6 +121,7 @@ def hash_vectors(
         buckets = buckets + radix * ids
         column += factor // 2
         radix *= factor
+    buckets = buckets.transpose(0, 1, 3, 2)
     if mask is not None:
         buckets = jnp.where(mask[:, None, None, :].astype(bool), buckets, radix)
     return buckets
@@ -228,116 +228,86 @@ def lsh_attention(
         inplace=False,
     )
     round_start = (jnp.arange(n_hashes, dtype=jnp.int32) * padded_len)[:, None]
+    # unsort[r * L + i]: where (round r, position i) sits in the sorted sequence; its inverse
+    # maps a sorted slot back to (round, position). Both are permutations, so the gathers below
+    # get gathers (not scatter-adds) as their transposes.
     unsort = (rank_in_round + round_start).reshape(batch, heads, n_hashes * padded_len)
+    sorted_slot = (sorted_pos + round_start).reshape(batch, heads, n_hashes * padded_len)
     sorted_pos = sorted_pos.reshape(batch, heads, n_hashes * padded_len)
-    sorted_buckets = None
+
+    key_valid = None if valid is None else _take(valid[:, None], sorted_pos)
+    key_group = None
     if not attend_across_buckets:
         # Round-distinct ids, so keys reached from another round never count as the same bucket.
-        sorted_buckets = jnp.take_along_axis(buckets, sorted_pos.reshape(buckets.shape), axis=-1)
-        sorted_buckets = sorted_buckets + (jnp.arange(n_hashes) * (pad_bucket + 1))[:, None]
-        sorted_buckets = sorted_buckets.reshape(batch, heads, -1)
+        key_group = _take(buckets.reshape(batch, heads, -1), sorted_slot)
+        key_group = key_group + (sorted_slot // padded_len) * (pad_bucket + 1)
 
-    attend = jax.checkpoint(
-        partial(
-            _attend_sorted,
-            chunk_len=chunk_len,
-            n_chunks_before=n_chunks_before,
-            n_chunks_after=n_chunks_after,
-            n_hashes=n_hashes,
-            causal=causal,
-            dropout_rate=dropout_rate,
-        ),
-        policy=jax.checkpoint_policies.nothing_saveable,
-    )
-    out = attend(
-        qk,
-        v,
+    q_sorted = take_rows(qk, sorted_pos, unsort)
+    v_sorted = take_rows(v, sorted_pos, unsort)
+    out_sorted, lse_sorted = window_attention(
+        q_sorted,
+        unit_keys(q_sorted),
+        v_sorted,
         sorted_pos,
-        unsort,
-        valid,
-        sorted_buckets,
-        dropout_key,
+        chunk_len=chunk_len,
+        n_before=n_chunks_before,
+        n_after=n_chunks_after,
+        wrap=True,
+        causal=causal,
+        exclude_self=True,
+        scale=1.0,
+        key_valid=key_valid,
+        key_group=key_group,
+        dropout_rate=dropout_rate,
+        dropout_key=dropout_key,
     )
-    return out[:, :, :length]
-
-
-def _attend_sorted(
-    qk: jax.Array,
-    v: jax.Array,
-    sorted_pos: jax.Array,
-    unsort: jax.Array,
-    valid: jax.Array | None,
-    sorted_buckets: jax.Array | None,
-    dropout_key: jax.Array | None,
-    *,
-    chunk_len: int,
-    n_chunks_before: int,
-    n_chunks_after: int,
-    n_hashes: int,
-    causal: bool,
-    dropout_rate: float,
-) -> jax.Array:
-    """Chunked attention on the sorted sequence, unsort and round combination.
-
-    Called under ``jax.checkpoint``: the backward pass keeps only the inputs (O(L)) and
-    recomputes the per-chunk scores rather than storing them.
-    """
-    batch, heads, padded_len, _ = qk.shape
-    n_sorted = n_hashes * padded_len
-    n_chunks = n_sorted // chunk_len
-    gather = jax.vmap(jax.vmap(lambda x, idx: x[idx]))  # over batch and heads
-
-    def chunked(x: jax.Array) -> jax.Array:
-        return x.reshape(batch, heads, n_chunks, chunk_len, *x.shape[3:])
-
-    def window(x: jax.Array) -> jax.Array:
-        return look_around(chunked(x), n_chunks_before, n_chunks_after, axis=2)
-
-    q_sorted = gather(qk, sorted_pos)
-    k_sorted = gather(unit_keys(qk), sorted_pos)
-    v_sorted = gather(v, sorted_pos)
-
-    q_pos = chunked(sorted_pos)[..., :, None]
-    k_pos = window(sorted_pos)[..., None, :]
-    dtype = score_dtype(qk.dtype)
-    mask_value, self_value = mask_values(dtype)
-    scores = jnp.einsum(
-        "bhncd,bhnkd->bhnck", chunked(q_sorted), window(k_sorted), preferred_element_type=dtype
-    )
-    allowed = None
-
-    def both(a: jax.Array | None, b: jax.Array) -> jax.Array:
-        return b if a is None else a & b
-
-    if causal:
-        allowed = both(allowed, k_pos <= q_pos)
-    if valid is not None:
-        key_valid = jax.vmap(lambda val, pos: val[pos], in_axes=(0, 0))(valid, sorted_pos)
-        allowed = both(allowed, window(key_valid)[..., None, :])
-    if sorted_buckets is not None:
-        allowed = both(
-            allowed, chunked(sorted_buckets)[..., :, None] == window(sorted_buckets)[..., None, :]
-        )
-    if allowed is not None:
-        scores = jnp.where(allowed, scores, mask_value)
-    scores = jnp.where(q_pos == k_pos, self_value, scores)
-
-    # Normalise with the row maximum rather than exp(scores - lse): at the self-mask score
-    # (-1e5) float32 cannot hold lse's log(count) part exactly, and probabilities derived from
-    # it would not sum to one (Hugging Face returns 0.997 * v for a token that sees only itself).
-    row_max = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
-    unnormalised = jnp.exp(scores - row_max)
-    row_sum = jnp.sum(unnormalised, axis=-1, keepdims=True)
-    probs = unnormalised / row_sum
-    lse = row_max + jnp.log(row_sum)
-    probs = dropout(probs, dropout_rate, dropout_key)
-    out = jnp.einsum("bhnck,bhnkd->bhncd", probs.astype(v.dtype), window(v_sorted))
-
-    out = gather(out.reshape(batch, heads, n_sorted, -1), unsort)
-    lse = gather(lse.reshape(batch, heads, n_sorted), unsort)
+    out = take_rows(out_sorted, unsort, sorted_slot)
     out = out.reshape(batch, heads, n_hashes, padded_len, -1)
-    lse = lse.reshape(batch, heads, n_hashes, padded_len, 1)
     if n_hashes == 1:
-        return out[:, :, 0]
-    weights = jax.nn.softmax(lse, axis=2)  # sums to one even where the lse are imprecise
-    return jnp.sum(out * weights.astype(out.dtype), axis=2)
+        return out[:, :, 0, :length]
+    lse = take_rows(lse_sorted[..., None], unsort, sorted_slot)
+    lse = lse.reshape(batch, heads, n_hashes, padded_len, 1)
+    # softmax over the rounds, written out per round: a reduction over the middle (rounds) axis
+    # is several times slower on XLA's CPU backend than these few elementwise passes.
+    rounds = range(n_hashes)
+    top = jax.lax.stop_gradient(functools.reduce(jnp.maximum, [lse[:, :, r] for r in rounds]))
+    weights = [jnp.exp(lse[:, :, r] - top) for r in rounds]
+    total = functools.reduce(jnp.add, weights)  # sums to one even where the lse are imprecise
+    combined = functools.reduce(
+        jnp.add, [out[:, :, r] * (weights[r] / total).astype(out.dtype) for r in rounds]
+    )
+    return combined[:, :, :length]
+
+
+def _take(x: jax.Array, index: jax.Array) -> jax.Array:
+    """``x[b, h, index[b, h, m]]`` with ``x`` broadcastable over batch and heads."""
+    x = jnp.broadcast_to(x, index.shape[:2] + x.shape[2:])
+    return jax.vmap(jax.vmap(lambda row, idx: row[idx]))(x, index)
+
+
+@jax.custom_vjp
+def take_rows(x: jax.Array, index: jax.Array, inverse: jax.Array) -> jax.Array:
+    """``x[b, h, index[b, h, m]]`` for an index that visits every row of ``x`` equally often.
+
+    ``x`` is ``[batch, heads, n, ...]`` and ``index`` ``[batch, heads, r * n]`` holds each of
+    ``0 .. n-1`` exactly ``r`` times, once per segment of ``n`` (a hash round);
+    ``inverse[b, h, s * n + i]`` is the slot of ``index`` where row i appears in segment s.
+    The gradient is then a gather by ``inverse`` summed over segments, instead of the
+    scatter-add that differentiating a gather produces (serial and slow on CPU).
+    """
+    return _take(x, index)
+
+
+def _take_rows_fwd(x, index, inverse):
+    return _take(x, index), (index, inverse, x.shape[2])
+
+
+def _take_rows_bwd(residuals, d_out):
+    index, inverse, n = residuals
+    d_x = _take(d_out, inverse)
+    segments = index.shape[2] // n
+    d_x = d_x.reshape(*d_x.shape[:2], segments, n, *d_x.shape[3:]).sum(axis=2)
+    return d_x, None, None
+
+
+take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)

@@ -47,24 +47,6 @@ def pad_to_multiple(x: jax.Array, multiple: int, axis: int, value: float | int =
     return jnp.pad(x, widths, constant_values=value)
 
 
-def look_around(x: jax.Array, n_before: int, n_after: int, axis: int) -> jax.Array:
-    """Concatenates each chunk with its neighbours, wrapping around the chunk axis.
-
-    ``x`` has chunks along ``axis`` and the positions within a chunk along ``axis + 1``. Chunk j
-    becomes ``[chunk j-n_before, ..., chunk j, ..., chunk j+n_after]`` along ``axis + 1`` (so that
-    axis grows by ``1 + n_before + n_after``). Indices wrap: chunk 0 looks back at the last chunk.
-    """
-    if n_before == 0 and n_after == 0:
-        return x
-    pieces = [jnp.roll(x, -offset, axis=axis) for offset in range(-n_before, n_after + 1)]
-    return jnp.concatenate(pieces, axis=axis + 1)
-
-
-def window_offsets(chunk_len: int, n_before: int, n_after: int) -> np.ndarray:
-    """Chunk offset of every key slot of a look-around window, shape ``[(1+b+a)*chunk_len]``."""
-    return np.repeat(np.arange(-n_before, n_after + 1), chunk_len)
-
-
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     """Inverted dropout with an explicit key; identity when ``rate == 0``."""
     if rate == 0.0:
