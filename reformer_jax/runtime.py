@@ -10,6 +10,7 @@ peak memory with YNNPACK restricted to dots (measured with ``bench/train_step.py
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 
@@ -47,3 +48,18 @@ def _backends_initialised() -> bool:
     from jax._src import xla_bridge
 
     return bool(getattr(xla_bridge, "_backends", {}))
+
+
+def release_free_memory() -> bool:
+    """Hands the C heap's free pages back to the OS (glibc ``malloc_trim``); False elsewhere.
+
+    XLA's compiler frees hundreds of MiB when it finishes, but glibc keeps freed memory mapped
+    for reuse, so without this the compiler's peak stays resident through training and adds to
+    the step's own peak (about 300 MiB on the 16K-token step of docs/benchmarks.md). Called
+    after compiling the training step.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

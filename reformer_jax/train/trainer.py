@@ -30,6 +30,7 @@ from reformer_jax import data as data_lib
 from reformer_jax.checkpoint import TrainCheckpointer
 from reformer_jax.config import ReformerConfig
 from reformer_jax.model import ReformerLM, lm_loss
+from reformer_jax.runtime import release_free_memory
 from reformer_jax.train import sharding as shd
 from reformer_jax.train.metrics import MetricWriter
 from reformer_jax.train.optimizer import make_optimizer, make_schedule
@@ -383,6 +384,7 @@ def train_and_evaluate(
     compiled = train_step.lower(
         params, opt_state, shd.global_batch(first, mesh), jnp.int32(start_step)
     ).compile()
+    release_free_memory()  # the compiler's freed memory, before the steps allocate theirs
     memory = compiled.memory_analysis()
     if memory is not None:
         _log(
