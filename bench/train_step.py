@@ -131,9 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tokens_per_s": args.batch * args.len / median,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "xla_temp_mib": memory.temp_size_in_bytes / 2**20,
-        "cpu_s_per_step": (
-            (cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system)
-        )
+        "cpu_s_per_step": ((cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system))
         / args.steps,
         "sys_s_per_step": (cpu_end.system - cpu_start.system) / args.steps,
         "compile_s": compile_s,
