@@ -265,6 +265,7 @@ def plot_length(path: Path, payload: dict[str, Any]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     settings = payload["settings"]
     budget = settings["budget_gib"]
@@ -273,9 +274,11 @@ def plot_length(path: Path, payload: dict[str, Any]) -> None:
     kinds = [k for k in settings["kinds"] if k in payload["max_length"]]
     best = [payload["max_length"][k] or 0 for k in kinds]
     bars = ax_bar.bar(kinds, best, color=[colors.get(k) for k in kinds])
-    for bar, n in zip(bars, best, strict=True):
+    for bar, n, kind in zip(bars, best, kinds, strict=True):
+        # A series that never went over the budget stopped at --max-length: a lower bound.
+        capped = n and all(r["fits"] for r in payload["rows"] if r["attn"] == kind)
         ax_bar.annotate(
-            _label(n) if n else "none",
+            (f">= {_label(n)} (search cap)" if capped else _label(n)) if n else "none",
             (bar.get_x() + bar.get_width() / 2, max(n, 1)),
             ha="center",
             va="bottom",
@@ -304,6 +307,7 @@ def plot_length(path: Path, payload: dict[str, Any]) -> None:
     lengths = sorted({r["length"] for r in payload["rows"]})
     ax_mem.set_xscale("log", base=2)
     ax_mem.set_yscale("log", base=2)
+    ax_mem.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
     shown = [n for n in lengths if n & (n - 1) == 0] or lengths
     ax_mem.set_xticks(shown, [_label(n) for n in shown])
     ax_mem.minorticks_off()
@@ -352,7 +356,7 @@ def length_table(payload: dict[str, Any]) -> str:
         lines.append(
             f"| {kind} | {_label(best) if best else 'none'} | "
             f"{row['total_bytes'] / GIB:.2f} | {rss} | "
-            f"{_label(min(over)) if over else '-'} |"
+            f"{_label(min(over)) if over else 'none (search cap)'} |"
             if row
             else f"| {kind} | none | - | - | {_label(min(over)) if over else '-'} |"
         )
@@ -391,7 +395,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     common.add_argument("--no-plot", action="store_true")
     common.add_argument("--from-json", type=Path, default=None, help="replot (no measuring)")
     common.add_argument(
-        "--run-timeout", type=float, default=1800, help="seconds allowed per run subprocess"
+        "--run-timeout", type=float, default=7200, help="seconds allowed per run subprocess"
     )
 
     depth = sub.add_parser(
@@ -517,7 +521,10 @@ def run_length(args: argparse.Namespace, payload: dict[str, Any]) -> None:
                     reversible=not args.ordinary,
                 )
                 row.update(run_step(argv, args.run_timeout))
-                print(f"{kind:5s} {_label(row['length']):>5s}: run {row}", flush=True)
+                outcome = row.get("error") or (
+                    f"peak RSS {row['peak_rss_mib'] / 1024:.2f} GiB, {row['s_per_step']:.0f} s/step"
+                )
+                print(f"{kind:5s} {_label(row['length']):>5s}: ran one step: {outcome}", flush=True)
                 write_json(args.out, payload)
                 if "error" not in row:
                     break
