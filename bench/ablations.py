@@ -279,30 +279,33 @@ def read_json(path: Path) -> dict[str, Any]:
     return payload
 
 
+_OTHER = {"shared": "separate", "separate": "shared", "reversible": "standard",
+          "standard": "reversible"}  # fmt: skip
+
+
+def _attributes(variant: str) -> tuple[str, str]:
+    """(query/key sharing, residual architecture) of a variant."""
+    settings = VARIANTS[variant][1]
+    qk = "shared" if "lsh" in settings["attention_pattern"] else "separate"
+    return qk, settings["residual"]
+
+
 def _panels(variants: Sequence[str]) -> list[tuple[str, str, list[str]]]:
-    """(title, compared attribute, variants) per panel: pairs differing in that one attribute."""
-
-    def attrs(v: str) -> tuple[str, str]:
-        settings = VARIANTS[v][1]
-        return ("shared" if "lsh" in settings["attention_pattern"] else "separate"), settings[
-            "residual"
-        ]
-
-    present = {attrs(v): v for v in variants}
+    """(title, compared attribute, variants) per panel: those whose partner differing only in
+    that attribute was run too."""
+    present = {_attributes(v) for v in variants}
     panels = []
-    for title, index in (
-        ("Shared-QK vs separate-QK attention", 0),
-        ("Reversible vs standard residual layers", 1),
-    ):
+    for index, (title, attribute) in enumerate(
+        [("Shared-QK vs separate-QK attention", "qk"),
+         ("Reversible vs standard residual layers", "residual")]
+    ):  # fmt: skip
         members = []
         for v in variants:
-            a = list(attrs(v))
-            a[index] = {"shared": "separate", "separate": "shared"}.get(
-                a[index], {"reversible": "standard", "standard": "reversible"}.get(a[index])
-            )
-            if tuple(a) in present:
+            partner = list(_attributes(v))
+            partner[index] = _OTHER[partner[index]]
+            if tuple(partner) in present:
                 members.append(v)
-        panels.append((title, ("qk", "residual")[index], members))
+        panels.append((title, attribute, members))
     return panels
 
 
@@ -419,7 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     corpus, corpus_info = prepare_corpus(args.workdir.absolute(), args.corpus)
     payload: dict[str, Any] = {
-        "command": "python -m bench.ablations " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(
+            ["python -m bench.ablations", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "settings": {k: getattr(args, k) for k in SETTINGS},
         "seeds": args.seeds,
         "variants": args.variants,
