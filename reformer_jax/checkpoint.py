@@ -13,7 +13,6 @@ renames, so an interrupted save never leaves a half-written step behind.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 from typing import Any
@@ -30,7 +29,7 @@ PARAMS_DIR = "params"
 
 
 def config_to_json(cfg: ReformerConfig) -> str:
-    return json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True)
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
 
 
 def config_from_json(text: str) -> ReformerConfig:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 ATTENTION_KINDS = ("lsh", "local", "full")
 POSITION_KINDS = ("axial", "learned", "sinusoidal", "none")
 ACTIVATIONS = ("relu", "gelu")
+RESIDUAL_KINDS = ("reversible", "standard")
 DTYPES = {
     "float32": jnp.float32,
     "bfloat16": jnp.bfloat16,
@@ -72,6 +73,15 @@ class ReformerConfig:
 
     ff_activation: str = "relu"
     ff_chunk_size: int = 0  # rows (batch * length) per feed-forward chunk; 0: no chunking
+    # The residual architecture. "reversible" (the Reformer): two streams, y1 = x1 + F(x2),
+    # y2 = x2 + G(y1), head on LayerNorm(concat[y1, y2]) (2 d_model). "standard": an ordinary
+    # pre-LN Transformer, x = x + F(x); x = x + G(x), head on LayerNorm(x) (d_model), for the
+    # paper's reversible-vs-standard ablation. F and G are the same branches in both.
+    residual: str = "reversible"
+    # How gradients of the reversible architecture are computed: True reconstructs activations
+    # layer by layer in the backward pass (memory flat in depth), False stores them (plain
+    # autodiff; same values). residual="standard" cannot be inverted and always stores them,
+    # so there this flag has no effect.
     reversible: bool = True
     ln_eps: float = 1e-6
     dtype: str = "float32"  # compute dtype
@@ -97,6 +107,10 @@ class ReformerConfig:
                 f"unknown model setting(s) {unknown}; valid settings are {sorted(known)}"
             )
         return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values; ``from_dict(cfg.to_dict()) == cfg``."""
+        return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> ReformerConfig:
         return dataclasses.replace(self, **changes)
@@ -219,6 +233,12 @@ class ReformerConfig:
                 fail(name, f"must be in [0, 1), got {rate}", "use a rate like 0.1")
         if self.ff_activation not in ACTIVATIONS:
             fail("ff_activation", f"unknown {self.ff_activation!r}", f"use {list(ACTIVATIONS)}")
+        if self.residual not in RESIDUAL_KINDS:
+            fail(
+                "residual",
+                f"unknown residual architecture {self.residual!r}",
+                'use "reversible" (the Reformer, the default) or "standard" (pre-LN Transformer)',
+            )
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 fail(name, f"unknown {getattr(self, name)!r}", f"use one of {list(DTYPES)}")

@@ -90,9 +90,18 @@ class DecodeSpec:
 
 
 def decode_spec(
-    cfg: ReformerConfig, max_length: int, *, lsh_cache_size: int | None = None
+    cfg: ReformerConfig,
+    max_length: int,
+    *,
+    lsh_cache_size: int | None = None,
+    cached: bool = True,
 ) -> DecodeSpec:
-    """Validates ``cfg`` for cached decoding and builds the static spec for ``max_length``."""
+    """Validates ``cfg`` for (``cached``) decoding and builds the static spec for ``max_length``."""
+    if cached and cfg.residual != "reversible":
+        raise ValueError(
+            f"cached decoding supports model.residual='reversible' only, got {cfg.residual!r}; "
+            "use use_cache=False (recomputes the model for every token)"
+        )
     if not cfg.causal:
         raise ValueError(
             "cached decoding needs a causal model (model.causal=True); a bidirectional model "
@@ -979,7 +988,9 @@ def _generate_args(
     if use_cache:
         spec = decode_spec(cfg, total, lsh_cache_size=lsh_cache_size)
     else:  # the same checks and LSH rotations, no cache
-        spec = decode_spec(cfg.replace(local_wrap_around=False), total, lsh_cache_size=1)
+        spec = decode_spec(
+            cfg.replace(local_wrap_around=False), total, lsh_cache_size=1, cached=False
+        )
     graphdef, state = nnx.split(model)
     args = (
         graphdef,

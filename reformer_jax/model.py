@@ -1,4 +1,8 @@
-"""ReformerLM: embeddings, the reversible stack of attention / feed-forward blocks, LM head."""
+"""ReformerLM: embeddings, the residual stack of attention / feed-forward blocks, LM head.
+
+The stack is reversible (the Reformer) or, with ``residual="standard"``, an ordinary pre-LN
+Transformer stack (the paper's baseline); both use the same attention and feed-forward blocks.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from reformer_jax.kernels.masking import dropout
 from reformer_jax.layers.attention import SelfAttention, layer_rotations, lsh_n_buckets
 from reformer_jax.layers.embeddings import PositionalEmbedding
 from reformer_jax.layers.feedforward import FeedForward
+from reformer_jax.layers.residual import standard_stack
 from reformer_jax.layers.reversible import reversible_stack, stack_forward
 
 # fold_in tags separating the independent random streams of one layer.
@@ -44,8 +49,10 @@ class ReformerLM(nnx.Module):
     """The Reformer language model (causal by default).
 
     tokens -> embedding (+ positions, dropout) -> two copies (x1, x2) -> reversible stack ->
-    concat [y1 | y2] -> LayerNorm(2 d_model) -> logits. Layers of the same position in the
-    attention pattern are stored stacked (leading ``n_groups`` axis) so the stack is one scan.
+    concat [y1 | y2] -> LayerNorm(2 d_model) -> logits. With ``residual="standard"``:
+    embedding -> x -> pre-LN residual stack -> LayerNorm(d_model) -> logits. Layers of the same
+    position in the attention pattern are stored stacked (leading ``n_groups`` axis) so the
+    stack is one scan.
     """
 
     def __init__(self, cfg: ReformerConfig, *, rngs: nnx.Rngs):
@@ -61,15 +68,16 @@ class ReformerLM(nnx.Module):
         self.positions = PositionalEmbedding(cfg, rngs=rngs)
         blocks = [_stacked_blocks(cfg, kind, rngs) for kind in cfg.attention_pattern]
         self.blocks = nnx.List(blocks)
+        d_out = 2 * cfg.d_model if cfg.residual == "reversible" else cfg.d_model
         self.final_norm = nnx.LayerNorm(
-            2 * cfg.d_model,
+            d_out,
             epsilon=cfg.ln_eps,
             dtype=cfg.compute_dtype,
             param_dtype=cfg.parameter_dtype,
             rngs=rngs,
         )
         self.head = nnx.Linear(
-            2 * cfg.d_model,
+            d_out,
             cfg.vocab_size,
             dtype=cfg.compute_dtype,
             param_dtype=cfg.parameter_dtype,
@@ -152,11 +160,15 @@ class ReformerLM(nnx.Module):
         attn_fns = [attn_fn(p) for p in range(n)]
         ff_fns = [ff_fn(p) for p in range(n)]
         ctx = (mask, dropout_rng)
-        if cfg.reversible:
-            y1, y2 = reversible_stack(attn_fns, ff_fns, tuple(params), x, x, ctx, stacked_rotations)
+        params, rots = tuple(params), stacked_rotations
+        if cfg.residual == "standard":
+            h = self.final_norm(standard_stack(attn_fns, ff_fns, params, x, ctx, rots))
         else:
-            y1, y2, _ = stack_forward(attn_fns, ff_fns, tuple(params), x, x, ctx, stacked_rotations)
-        h = self.final_norm(jnp.concatenate([y1, y2], axis=-1))
+            if cfg.reversible:
+                y1, y2 = reversible_stack(attn_fns, ff_fns, params, x, x, ctx, rots)
+            else:
+                y1, y2, _ = stack_forward(attn_fns, ff_fns, params, x, x, ctx, rots)
+            h = self.final_norm(jnp.concatenate([y1, y2], axis=-1))
         if dropout_rng is not None and cfg.hidden_dropout > 0:
             h = dropout(h, cfg.hidden_dropout, jax.random.fold_in(dropout_rng, _HEAD_STREAM))
         return self.head(h).astype(jnp.promote_types(cfg.compute_dtype, jnp.float32))

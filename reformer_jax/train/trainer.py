@@ -110,7 +110,7 @@ def _check_workdir(workdir: pathlib.Path, record: dict[str, Any]) -> bool:
         return False
     previous = json.loads(config_path.read_text())
     diffs = [k for k in RESUME_KEYS if previous.get("train", {}).get(k) != record["train"].get(k)]
-    if previous.get("model") != json.loads(json.dumps(record["model"])):
+    if _resolved_model(previous.get("model")) != json.loads(json.dumps(record["model"])):
         diffs.append("model (resolved)")
     if diffs:
         raise TrainingError(
@@ -118,6 +118,18 @@ def _check_workdir(workdir: pathlib.Path, record: dict[str, Any]) -> bool:
             "nothing was changed. Resume it with its own config, or pass a new --workdir"
         )
     return True
+
+
+def _resolved_model(values: Any) -> Any:
+    """A workdir's recorded model config with the current defaults filled in.
+
+    Runs recorded before a setting existed (e.g. ``residual``) resolve to its default, so they
+    still resume; records that no longer parse are compared as they are (and so differ).
+    """
+    try:
+        return json.loads(json.dumps(ReformerConfig.from_dict(values).to_dict()))
+    except (TypeError, ValueError):
+        return values
 
 
 class _Preemption:
@@ -297,7 +309,7 @@ def train_and_evaluate(
             f"seq_len ({source.seq_len}); set config.data.settings.seq_len too"
         )
     model_cfg = _model_config(config, source.vocab_size)
-    record = {"model": dataclasses.asdict(model_cfg), "train": _jsonable(config)}
+    record = {"model": model_cfg.to_dict(), "train": _jsonable(config)}
     resuming = _check_workdir(workdir, record)
 
     mesh = shd.make_mesh(config.mesh_shape)
