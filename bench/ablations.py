@@ -41,6 +41,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reformer_jax.runtime import configure_xla
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ablations.json"
 
 # name -> (label, model settings). "SEQ" is replaced by seq_len + 1 (exact attention).
@@ -414,6 +416,7 @@ SETTINGS = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_xla()
     args = parse_args(argv)
     if args.from_json is not None:
         payload = read_json(args.from_json)

@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reformer_jax.runtime import configure_xla
+
 # The paper's Table 2 (Kitaev et al. 2020; length 1024, REFORMER.md section 4), accuracy in %.
 PAPER = {
     "full": {"full": 100.0, "lsh-8": 94.8, "lsh-4": 92.5, "lsh-2": 76.9, "lsh-1": 52.5},
@@ -281,6 +283,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_xla()
     args = parse_args(argv)
     try:
         if args.from_json is not None:

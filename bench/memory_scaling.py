@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import train_step
+from reformer_jax.runtime import configure_xla
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GIB = 2**30
@@ -531,6 +532,7 @@ def run_length(args: argparse.Namespace, payload: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_xla()
     args = parse_args(argv)
     if args.from_json is not None:
         payload = json.loads(args.from_json.read_text())

@@ -211,7 +211,7 @@ def summarise(runs: list[dict[str, Any]], peak_gflops: float | None) -> list[dic
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| config (tokens x layers) | implementation | s/step | tokens/s | peak RSS (GB) | MFU |"
+        "| config (tokens x layers) | implementation | s/step | tokens/s | peak RSS (GiB) | MFU |"
         " vs fastest peer (tokens/s) | vs leanest peer (memory) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -226,7 +226,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             r["impl"],
             f"{r['s_per_step']:.2f}",
             f"{r['tokens_per_s']:,.0f}",
-            f"{r['peak_rss_mib'] * 2**20 / 1e9:.2f}",
+            f"{r['peak_rss_mib'] / 1024:.2f}",
             f"{100 * r['mfu']:.0f}%" if "mfu" in r else "",
             f"{speed:.2f}x ({r['fastest_peer']})" if speed else "",
             f"{memory:.2f}x ({r['leanest_peer']})" if memory else "",
@@ -248,7 +248,7 @@ def plot(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
     for i, impl in enumerate(impls):
         for ax, key, scale in (
             (axes[0], "tokens_per_s", 1.0),
-            (axes[1], "peak_rss_mib", 2**20 / 1e9),
+            (axes[1], "peak_rss_mib", 1 / 1024),
         ):
             values = []
             for config in configs:
@@ -256,7 +256,7 @@ def plot(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
                 values.append(row.get(key, math.nan) * scale)
             ax.bar([c + i * width for c in range(len(configs))], values, width, label=impl)
     for ax, title in zip(
-        axes, ("training tokens/s (higher is better)", "peak RSS, GB"), strict=True
+        axes, ("training tokens/s (higher is better)", "peak RSS, GiB"), strict=True
     ):
         ax.set_xticks([c + width * (len(impls) - 1) / 2 for c in range(len(configs))])
         ax.set_xticklabels([f"{c}\n(tokens x layers)" for c in configs], fontsize=8)
