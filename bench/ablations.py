@@ -15,7 +15,7 @@ of steps; only the attention's query/key sharing or the residual architecture di
 The evaluation bits per character are read from each run's ``metrics.jsonl`` (every
 ``--eval-every`` steps, the whole held-out split). The corpus defaults to the English
 documentation strings of ``pydoc_data/topics.py``, which ships with every CPython (see
-docs/ablations.md for why); pass ``--corpus`` for another text file or directory.
+docs/benchmarks.md (ablations) for why); pass ``--corpus`` for another text file or directory.
 
     python -m bench.ablations                       # the documented run (about 35 min, 2 cores)
     python -m bench.ablations --variants separate-qk,shared-qk --seeds 0 --steps 200

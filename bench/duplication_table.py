@@ -41,8 +41,8 @@ PAPER = {
     "lsh-1": {"full": 0.8, "lsh-8": 99.9, "lsh-4": 99.6, "lsh-2": 94.8, "lsh-1": 77.9},
 }
 ROWS = ("full", "lsh-4", "lsh-2", "lsh-1")  # the paper's order
-# Training steps per row by default. In the run of docs/duplication_table.md every row found the
-# copy around step 300; LSH rows get more steps because a round sees the partner position only
+# Training steps per row by default. In the run of docs/benchmarks.md every row found the copy
+# around step 300; LSH rows get more steps because a round sees the partner position only
 # when the hash puts it in the query's window, so they sharpen more slowly (LSH-2: 99.2% training
 # accuracy at step 500, 99.8% at 2000).
 DEFAULT_STEPS = {"full": 1000, "lsh-4": 2000, "lsh-2": 2000, "lsh-1": 2000}

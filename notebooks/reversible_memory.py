@@ -233,7 +233,7 @@ for kind in KINDS:
 # `L x L` probabilities of each layer); the reversible stack's memory does not grow with depth.
 # Against length, full attention grows quadratically (slope 2 on the log-log plot) while local
 # and LSH attention grow linearly; LSH's chunked scores are recomputed in the backward pass
-# (`jax.checkpoint` inside the kernel), so even a single layer never stores them.
+# (block by block, in the kernel's own backward pass), so even a single layer never stores them.
 #
 # ## Reversible gradients equal autodiff gradients
 #
