@@ -29,10 +29,8 @@ Runs go to ``--workdir/<variant>-seed<k>``; an existing run directory is an erro
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -41,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.machine import machine_info
 from reformer_jax.runtime import configure_xla
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "ablations.json"
@@ -238,33 +237,6 @@ def markdown_table(summary: Sequence[dict]) -> str:
             f"{row['final_bpc_spread']:.4f} | {row['wall_s_mean'] / 60:.1f} min |"
         )
     return "\n".join(lines)
-
-
-def machine_info() -> dict[str, Any]:
-    import jax
-    import jaxlib
-
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import flax
-
-    return {
-        "cpu_model": cpu,
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "backend": jax.default_backend(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

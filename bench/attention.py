@@ -26,10 +26,8 @@ keeps what it measured.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -42,8 +40,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 
+from bench.machine import machine_info
 from reformer_jax.kernels import (
     auto_n_buckets,
     draw_rotations,
@@ -316,40 +314,6 @@ def _load_average() -> float | None:
 
 # ----------------------------------------------------------------------------------------------
 # Reporting.
-
-
-def machine_info() -> dict[str, Any]:
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_total = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_total = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    device = jax.devices()[0]
-    return {
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_total_gib": round(mem_total / GIB, 1) if mem_total else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "backend": jax.default_backend(),
-        "device_kind": device.device_kind,
-        "device_count": jax.device_count(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from bench.attention import machine_info
+    from bench.machine import machine_info
     from reformer_jax.train import TrainingError
 
     probe = row_config(args, rows[0], 1)

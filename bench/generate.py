@@ -26,11 +26,8 @@ context so an interrupted run keeps what it measured.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import functools
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -41,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bench.machine import machine_info
 from reformer_jax import generate as gen
 from reformer_jax.config import ReformerConfig
 from reformer_jax.model import ReformerLM
@@ -178,20 +176,6 @@ def run_context(model, context: int, args, previous: Result | None) -> Result:
     res.uncached_tok_s = n_u / res.uncached_s
     res.speedup = res.decode_tok_s / res.uncached_tok_s
     return res
-
-
-def machine_info() -> dict:
-    return dict(
-        date=dt.datetime.now().isoformat(timespec="seconds"),
-        platform=platform.platform(),
-        processor=platform.processor() or platform.machine(),
-        cpu_count=os.cpu_count(),
-        load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
-        python=sys.version.split()[0],
-        jax=jax.__version__,
-        backend=jax.default_backend(),
-        devices=[str(d) for d in jax.devices()],
-    )
 
 
 def _fmt(x, spec=".1f", none="-"):

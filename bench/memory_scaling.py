@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import train_step
+from bench.machine import machine_info
 from reformer_jax.runtime import configure_xla
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -170,12 +171,6 @@ def search_max_length(
 
 # ----------------------------------------------------------------------------------------------
 # Machine, JSON, plots.
-
-
-def machine_info() -> dict[str, Any]:
-    from bench.attention import machine_info as attention_machine_info
-
-    return attention_machine_info()
 
 
 def total_ram_gib() -> float | None:

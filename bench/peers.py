@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import math
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -269,27 +267,6 @@ def plot(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def machine() -> dict[str, Any]:
-    import jax
-
-    cpu = "unknown"
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "date": dt.date.today().isoformat(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "platform": platform.platform(),
-    }
-
-
 def peer_versions(python: str) -> dict[str, str]:
     code = (
         "import json, importlib.metadata as m\n"
@@ -334,11 +311,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     configs = [parse_config(c, args.rounds) for c in args.configs]
     if args.probe:
+        from bench.machine import machine_info
         from reformer_jax.runtime import configure_xla
 
         configure_xla()
         probe = {
-            "machine": machine(),
+            "machine": machine_info(),
             "matmul_peak_gflops": matmul_peak(),
             "flops_per_token": {c.name: flops_per_token(c) for c, _ in configs},
         }
