@@ -47,3 +47,14 @@ def test_temp_memory_is_linear_in_length(kind):
 def test_full_attention_is_quadratic_so_the_check_can_fail():
     small, large = _temp_bytes("full", 512), _temp_bytes("full", 2048)
     assert large > 8 * small, (small, large)
+
+
+@pytest.mark.parametrize(("kind", "bound"), [("lsh", 28), ("local", 8)])
+def test_scores_of_a_whole_sequence_are_never_materialised(kind, bound):
+    # One float32 score array of the whole sequence is (rounds x) window / d_head = 4x (local)
+    # or 8x (LSH, 2 rounds) the size of q here; the kernels that held every chunk's scores at
+    # once needed 18x (local) and 47x (LSH) q in temporaries. The blocked window kernel keeps
+    # one block of chunks alive: what remains is O(length) copies (sorted q/k/v, outputs, halos).
+    length = 8192
+    q_bytes = HEADS * length * D_HEAD * 4
+    assert _temp_bytes(kind, length) <= bound * q_bytes
