@@ -118,12 +118,12 @@ def window_attention(
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _window_attention(spec: WindowSpec, q, k, v, aux):
     out, stats = _forward(spec, q, k, v, aux)
-    return out, stats_lse(stats)
+    return out, _lse(stats)
 
 
 def _window_attention_fwd(spec: WindowSpec, q, k, v, aux):
     out, stats = _forward(spec, q, k, v, aux)
-    return (out, stats_lse(stats)), (q, k, v, aux, stats)
+    return (out, _lse(stats)), (q, k, v, aux, stats)
 
 
 def _window_attention_bwd(spec: WindowSpec, residuals, cotangents):
@@ -136,7 +136,7 @@ def _window_attention_bwd(spec: WindowSpec, residuals, cotangents):
 _window_attention.defvjp(_window_attention_fwd, _window_attention_bwd)
 
 
-def stats_lse(stats: tuple[jax.Array, jax.Array]) -> jax.Array:
+def _lse(stats: tuple[jax.Array, jax.Array]) -> jax.Array:
     row_max, row_sum = stats
     return row_max + jnp.log(row_sum)
 
