@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import pathlib
 import resource
 import statistics
 import sys
@@ -38,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ff-chunk", type=int, default=0, help="feed-forward rows per chunk")
     parser.add_argument("--ordinary", action="store_true", help="activation-storing stack")
     parser.add_argument("--profile", default="", help="write a jax.profiler trace here")
+    parser.add_argument("--hlo-out", default="", help="write the compiled step's HLO text here")
     return parser.parse_args(argv)
 
 
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     compiled = step_fn.lower(params, opt_state, batch, 0).compile()
     compile_s = time.perf_counter() - start
+    if args.hlo_out:
+        pathlib.Path(args.hlo_out).write_text(compiled.as_text())
     release_free_memory()
     memory = compiled.memory_analysis()
 
