@@ -170,12 +170,20 @@ def parse_config(text: str, default_rounds: int) -> tuple[StepConfig, int]:
         ) from None
 
 
-def summarise(runs: list[dict[str, Any]], peak_gflops: float | None) -> list[dict[str, Any]]:
-    """One row per (config, impl): medians over the successful rounds, and ratios to peers."""
+def summarise(
+    runs: list[dict[str, Any]],
+    peak_gflops: float | None,
+    flops_by_config: dict[str, dict[str, float]],
+) -> list[dict[str, Any]]:
+    """One row per (config, impl): medians over the successful rounds, and ratios to peers.
+
+    ``flops_by_config`` maps a config name to its :func:`flops_per_token` (computed by the probe
+    process, so that this one never imports JAX; see ``main``).
+    """
     rows = []
     for config in dict.fromkeys(r["config"] for r in runs):
         cfg = parse_config(config, 1)[0]
-        flops = flops_per_token(cfg)
+        flops = flops_by_config[config]
         for impl in dict.fromkeys(r["impl"] for r in runs if r["config"] == config):
             ok = [r for r in runs if r["config"] == config and r["impl"] == impl]
             ok = [r for r in ok if r.get("status") == "ok"]
@@ -352,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
                 payload["runs"].append(record)
                 shown = {k: record.get(k) for k in ("s_per_step", "peak_rss_mib", "status")}
                 print(f"{cfg.name} round {round_index} {impl}: {shown}", file=sys.stderr)
-                payload["rows"] = summarise(payload["runs"], payload["matmul_peak_gflops"])
+                payload["rows"] = summarise(
+                    payload["runs"], payload["matmul_peak_gflops"], payload["flops_per_token"]
+                )
                 tmp = out.with_suffix(".tmp")
                 tmp.write_text(json.dumps(payload, indent=2))
                 tmp.replace(out)  # a partial sweep is still a valid result file

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -29,7 +31,8 @@ def test_summary_takes_medians_and_ratios_to_the_best_peer():
         _run("lucidrains", 8.0, 800),
         {"impl": "lucidrains", "config": "1024x1", "status": "failed (exit 1): oom"},
     ]
-    rows = {r["impl"]: r for r in peers.summarise(runs, peak_gflops=100.0)}
+    flops = {"1024x1": peers.flops_per_token(peers.StepConfig(1024, 1))}
+    rows = {r["impl"]: r for r in peers.summarise(runs, 100.0, flops)}
     ours = rows["reformer_jax"]
     assert ours["rounds"] == 3 and ours["s_per_step"] == 2.0 and ours["peak_rss_mib"] == 600
     assert ours["tokens_per_s"] == 512.0
@@ -43,7 +46,7 @@ def test_summary_takes_medians_and_ratios_to_the_best_peer():
 
 def test_failed_configuration_is_reported_not_dropped():
     runs = [{"impl": "hf", "config": "65536x6", "status": "timeout after 10 s"}]
-    (row,) = peers.summarise(runs, None)
+    (row,) = peers.summarise(runs, None, {"65536x6": {}})
     assert row["status"] == "timeout after 10 s"
     assert "timeout after 10 s" in peers.markdown([row])
 
@@ -71,3 +74,19 @@ def test_smoke_run_of_reformer_jax_alone(tmp_path):
     assert payload["matmul_peak_gflops"] > 0
     assert out.with_suffix(".png").exists()
     assert peers.main(["--from-json", str(out)]) == 0
+
+
+def test_the_orchestrator_never_imports_jax():
+    # Children inherit the parent's resident set in their ru_maxrss: the parent must stay small.
+    code = (
+        "import sys; from bench import peers\n"
+        "runs = [{'impl': 'hf', 'config': '1024x1', 'status': 'ok', 's_per_step': 1.0,"
+        " 'peak_rss_mib': 1.0}]\n"
+        "peers.summarise(runs, 100.0, {'1024x1': {'train_step': 1.0}})\n"
+        "peers.markdown(peers.summarise(runs, None, {'1024x1': {'train_step': 1.0}}))\n"
+        "print('jax' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=peers.ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
