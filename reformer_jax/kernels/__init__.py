@@ -1,6 +1,11 @@
 """Pure attention kernels on ``[batch, heads, length, d_head]`` arrays (no Flax, no state)."""
 
 from reformer_jax.kernels.full import full_attention
+from reformer_jax.kernels.linformer import (
+    init_linformer_projection,
+    linformer_attention,
+    linformer_projection_shape,
+)
 from reformer_jax.kernels.local import local_attention
 from reformer_jax.kernels.lsh import (
     auto_n_buckets,
@@ -18,6 +23,9 @@ __all__ = [
     "draw_rotations",
     "full_attention",
     "hash_vectors",
+    "init_linformer_projection",
+    "linformer_attention",
+    "linformer_projection_shape",
     "local_attention",
     "lsh_attention",
     "mask_values",
