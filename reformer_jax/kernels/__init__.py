@@ -17,9 +17,19 @@ from reformer_jax.kernels.lsh import (
     unit_keys,
 )
 from reformer_jax.kernels.masking import mask_values
+from reformer_jax.kernels.performer import (
+    PerformerState,
+    draw_features,
+    performer_attention,
+    performer_decode_init,
+    performer_decode_step,
+    performer_prefill,
+)
 
 __all__ = [
+    "PerformerState",
     "auto_n_buckets",
+    "draw_features",
     "draw_rotations",
     "full_attention",
     "hash_vectors",
@@ -29,6 +39,10 @@ __all__ = [
     "local_attention",
     "lsh_attention",
     "mask_values",
+    "performer_attention",
+    "performer_decode_init",
+    "performer_decode_step",
+    "performer_prefill",
     "rotation_columns",
     "total_buckets",
     "unit_keys",
