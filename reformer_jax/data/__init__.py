@@ -9,6 +9,11 @@
 * ``imagenet64``: `imagenet64.ImageNet64`, TFDS ``downsampled_imagenet/64x64`` as 12288 sub-pixel
   tokens; vocab 256; splits train, validation (= eval).
 
+Long Range Arena classification sources (they yield `classification.ClassificationBatch`; common
+batching in `examples.ExampleSource`; splits train, validation (= eval), test):
+
+* ``listops``: `listops.ListOps`, LRA's ListOps (seeded generator writing / reading LRA's TSVs).
+
 ``get_source(name, config, **settings)`` builds one from plain keyword settings (the constructor
 arguments of the class). The enwik8 and imagenet64 modules import tensorflow_datasets, so they are
 imported only when used.
@@ -43,6 +48,8 @@ SOURCES: dict[str, tuple[str, str]] = {
     "text": ("reformer_jax.data.text", "TextFile"),
     "enwik8": ("reformer_jax.data.enwik8", "Enwik8"),
     "imagenet64": ("reformer_jax.data.imagenet64", "ImageNet64"),
+    # Long Range Arena (classification; `ClassificationBatch` es):
+    "listops": ("reformer_jax.data.listops", "ListOps"),
 }
 
 
