@@ -13,6 +13,8 @@ Long Range Arena classification sources (they yield `classification.Classificati
 batching in `examples.ExampleSource`; splits train, validation (= eval), test):
 
 * ``listops``: `listops.ListOps`, LRA's ListOps (seeded generator writing / reading LRA's TSVs).
+* ``pathfinder`` / ``pathx``: `pathfinder.Pathfinder` / `pathfinder.PathX`, 32x32 / 128x128
+  (seeded generator, or LRA's released folders); vocab 256.
 
 ``get_source(name, config, **settings)`` builds one from plain keyword settings (the constructor
 arguments of the class). The enwik8 and imagenet64 modules import tensorflow_datasets, so they are
@@ -50,6 +52,8 @@ SOURCES: dict[str, tuple[str, str]] = {
     "imagenet64": ("reformer_jax.data.imagenet64", "ImageNet64"),
     # Long Range Arena (classification; `ClassificationBatch` es):
     "listops": ("reformer_jax.data.listops", "ListOps"),
+    "pathfinder": ("reformer_jax.data.pathfinder", "Pathfinder"),
+    "pathx": ("reformer_jax.data.pathfinder", "PathX"),
 }
 
 
