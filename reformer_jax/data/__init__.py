@@ -15,6 +15,8 @@ batching in `examples.ExampleSource`; splits train, validation (= eval), test):
 * ``listops``: `listops.ListOps`, LRA's ListOps (seeded generator writing / reading LRA's TSVs).
 * ``pathfinder`` / ``pathx``: `pathfinder.Pathfinder` / `pathfinder.PathX`, 32x32 / 128x128
   (seeded generator, or LRA's released folders); vocab 256.
+* ``aan``: `aan.AAN`, LRA Retrieval document pairs ``[B, 2, L]`` from LRA's released TSVs; bytes
+  + 1, vocab 257.
 
 ``get_source(name, config, **settings)`` builds one from plain keyword settings (the constructor
 arguments of the class). The enwik8 and imagenet64 modules import tensorflow_datasets, so they are
@@ -54,6 +56,7 @@ SOURCES: dict[str, tuple[str, str]] = {
     "listops": ("reformer_jax.data.listops", "ListOps"),
     "pathfinder": ("reformer_jax.data.pathfinder", "Pathfinder"),
     "pathx": ("reformer_jax.data.pathfinder", "PathX"),
+    "aan": ("reformer_jax.data.aan", "AAN"),
 }
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from reformer_jax.data.base import SourceBase, step_rng
 from reformer_jax.data.classification import ClassificationBatch, pad_or_truncate
 
-__all__ = ["ExampleSource"]
+__all__ = ["BYTE_VOCAB_SIZE", "ExampleSource", "byte_tokens", "split_sizes"]
 
 
 class ExampleSource(SourceBase):
@@ -98,3 +98,13 @@ def split_sizes(total: int, fractions: tuple[float, ...]) -> list[int]:
     """Cuts ``total`` into consecutive parts of the given fractions (the last takes the rest)."""
     sizes = [math.floor(total * f) for f in fractions[:-1]]
     return [*sizes, total - sum(sizes)]
+
+
+#: Byte-level sources: token = byte + 1 (0 stays the padding token), so vocab 257.
+BYTE_VOCAB_SIZE = 257
+
+
+def byte_tokens(text: str | bytes) -> np.ndarray:
+    """``int32[n]`` tokens of the UTF-8 bytes of ``text``: byte + 1 (0 is padding)."""
+    raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    return np.frombuffer(raw, np.uint8).astype(np.int32) + 1
