@@ -17,6 +17,10 @@ batching in `examples.ExampleSource`; splits train, validation (= eval), test):
   (seeded generator, or LRA's released folders); vocab 256.
 * ``aan``: `aan.AAN`, LRA Retrieval document pairs ``[B, 2, L]`` from LRA's released TSVs; bytes
   + 1, vocab 257.
+* ``imdb``: `imdb.IMDb`, LRA Text: byte-level IMDb reviews (TFDS ``imdb_reviews`` or the original
+  archive); bytes + 1, vocab 257.
+* ``cifar10``: `cifar10.Cifar10`, LRA Image: grayscale CIFAR-10 pixels (TFDS ``cifar10`` or the
+  binary archive); vocab 256, length 1024.
 
 ``get_source(name, config, **settings)`` builds one from plain keyword settings (the constructor
 arguments of the class). The enwik8 and imagenet64 modules import tensorflow_datasets, so they are
@@ -57,6 +61,8 @@ SOURCES: dict[str, tuple[str, str]] = {
     "pathfinder": ("reformer_jax.data.pathfinder", "Pathfinder"),
     "pathx": ("reformer_jax.data.pathfinder", "PathX"),
     "aan": ("reformer_jax.data.aan", "AAN"),
+    "imdb": ("reformer_jax.data.imdb", "IMDb"),
+    "cifar10": ("reformer_jax.data.cifar10", "Cifar10"),
 }
 
 
