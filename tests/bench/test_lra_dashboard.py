@@ -74,6 +74,10 @@ def test_accuracy_cells_beside_lra_table1():
     assert _cell(table, "lsh", "ListOps (LRA)") == "37.27"  # lsh is LRA's Reformer.
     assert _cell(table, "lsh", "Pathfinder (ours)") == "not run"
     assert _cell(table, "full", "avg (ours)") == "48.56 (2 tasks)"
+    assert _cell(table, "full", "avg (LRA, same tasks)") == "53.89"  # (36.37 + 71.40) / 2 = 53.885.
+    assert _cell(table, "full", "avg (LRA, published)") == "54.39"
+    assert _cell(table, "lsh", "avg (ours)") == "20.00 (1 task)"
+    assert _cell(table, "newfam", "avg (LRA, same tasks)") == "-"
     assert _cell(table, "newfam", "ListOps (LRA)") == "-"
     assert _cell(table, "newfam", "avg (ours)") == "-"
 
