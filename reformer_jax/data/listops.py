@@ -15,8 +15,10 @@ expressions are the training split, the next ``num_validation`` the validation s
 ``num_test`` the test split (LRA: 96,000 / 2,000 / 2,000, depth 10, 10 arguments, lengths 500 to
 2,000). Randomness is ``random.Random(seed)`` (only its ``random()``, whose stream Python keeps
 stable), so a seed gives identical files on every machine. LRA's own generator sets no seed and
-its splits cannot be regenerated. Time: about 1.5 ms per kept expression on one core of this
-machine, so LRA's 100,000 take a few minutes (`write_tsv` logs progress nowhere; it just runs).
+its splits cannot be regenerated. Time (pure Python, one core): about 2 ms per kept expression
+on a quiet core of this project's machine, 5 ms under its usual load, so LRA's 100,000 take 3 to 9
+minutes; write them once with `write_tsv` (or ``ListOps(data_dir)``, which writes missing files)
+and later runs read the TSVs (about 0.2 ms per expression).
 
 **Files** (LRA's release format, read and written): ``{task}_train.tsv``, ``{task}_val.tsv``,
 ``{task}_test.tsv`` (task ``"basic"`` in LRA's release, directory ``listops-1000/``), tab
