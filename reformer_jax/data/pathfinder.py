@@ -282,6 +282,23 @@ def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(split.encode()), index]))
 
 
+def _write_file(root: pathlib.Path, cfg: Settings, seed: int, k: int, lo: int, hi: int) -> None:
+    """Images ``lo..hi-1`` into ``imgs/<k>/`` and their metadata file ``metadata/<k>.npy``."""
+    from PIL import Image
+
+    (root / "imgs" / str(k)).mkdir(parents=True, exist_ok=True)
+    lines = []
+    for j in range(lo, hi):
+        ex = draw_example(example_rng(seed, "release", j), cfg, j % 2)
+        name = f"sample_{j}.png"
+        Image.fromarray(ex.image, mode="L").save(root / "imgs" / str(k) / name)
+        lines.append(
+            f"imgs/{k} {name} {j} {ex.label} {cfg.max_turn:.3f} {cfg.contour_length} "
+            f"{cfg.distractor_length} {cfg.paddle_length} {cfg.thickness} {cfg.gap}\n"
+        )
+    (root / "metadata" / f"{k}.npy").write_text("".join(lines))
+
+
 def write_lra_folder(
     out_dir: str | os.PathLike,
     num_examples: int,
@@ -290,25 +307,29 @@ def write_lra_folder(
     difficulty: str = "hard",
     seed: int = 0,
     per_file: int = 1000,
+    workers: int = 1,
 ) -> pathlib.Path:
-    """Writes generated examples in LRA's release layout; returns the difficulty directory."""
-    from PIL import Image
+    """Writes generated examples in LRA's release layout; returns the difficulty directory.
 
+    Image ``j`` is example ``j`` of the generator's ``"release"`` split (label ``j % 2``), so the
+    files do not depend on ``per_file`` or ``workers`` (processes drawing the files in parallel).
+    """
     cfg = settings_for(resolution, difficulty)
     root = pathlib.Path(out_dir) / f"pathfinder{resolution}" / LRA_DIRS[difficulty]
     (root / "metadata").mkdir(parents=True, exist_ok=True)
-    for k in range(math.ceil(num_examples / per_file)):
-        (root / "imgs" / str(k)).mkdir(parents=True, exist_ok=True)
-        lines = []
-        for j in range(k * per_file, min(num_examples, (k + 1) * per_file)):
-            ex = draw_example(example_rng(seed, "release", j), cfg, j % 2)
-            name = f"sample_{j}.png"
-            Image.fromarray(ex.image, mode="L").save(root / "imgs" / str(k) / name)
-            lines.append(
-                f"imgs/{k} {name} {j} {ex.label} {cfg.max_turn:.3f} {cfg.contour_length} "
-                f"{cfg.distractor_length} {cfg.paddle_length} {cfg.thickness} {cfg.gap}\n"
-            )
-        (root / "metadata" / f"{k}.npy").write_text("".join(lines))
+    jobs = [
+        (root, cfg, seed, k, k * per_file, min(num_examples, (k + 1) * per_file))
+        for k in range(math.ceil(num_examples / per_file))
+    ]
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            for future in [pool.submit(_write_file, *job) for job in jobs]:
+                future.result()
+    else:
+        for job in jobs:
+            _write_file(*job)
     return root
 
 

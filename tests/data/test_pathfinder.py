@@ -99,5 +99,10 @@ def test_reads_lra_release_layout(tmp_path):
     np.testing.assert_array_equal(img, want)
     assert label == 1
     assert Pathfinder(32, data_dir=root).num_examples("test") == 3  # The directory itself.
+    parallel = write_lra_folder(tmp_path / "p", 20, per_file=8, seed=1, workers=2)
+    for j in (0, 7, 19):
+        path = f"imgs/{j // 8}/sample_{j}.png"
+        if j != 19:
+            assert (parallel / path).read_bytes() == (root / path).read_bytes()
     with pytest.raises(FileNotFoundError, match="metadata"):
         Pathfinder(32, "easy", data_dir=tmp_path)
