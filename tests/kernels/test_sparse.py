@@ -163,6 +163,21 @@ def test_key_positions_list_the_causal_dense_mask(name, length):
             np.testing.assert_array_equal(listed, np.flatnonzero(dense[h, i]))
 
 
+@pytest.mark.parametrize("name", PATTERNS)
+def test_key_positions_at_one_position_equal_the_listed_rows(name):
+    """Catches the decoding step's traced lookup drifting from the static rows (a wrong block
+    for the position, a missed global key or column, a future key)."""
+    pattern, length = PATTERNS[name], 37
+    keys = pattern.key_positions(length, HEADS, causal=True)
+    lookup = jax.jit(jax.vmap(lambda i: pattern.key_positions_at(length, i, HEADS)))
+    index, valid, attends_all = (np.asarray(x) for x in lookup(jnp.arange(length)))
+    np.testing.assert_array_equal(attends_all, keys.attends_all)
+    for h in range(keys.index.shape[0]):
+        for i in range(length):
+            got = np.sort(index[i, h][valid[i, h]])
+            np.testing.assert_array_equal(got, keys.index[h, i][keys.valid[h, i]])
+
+
 def test_bigbird_random_plan_is_static_per_seed_different_per_head_and_over_the_whole_length():
     """Catches random blocks redrawn per call, shared by all heads, ignoring the seed, drawn
     among covered blocks, or restricted to the start of the sequence (the reference's bug)."""
