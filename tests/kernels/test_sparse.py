@@ -178,6 +178,16 @@ def test_key_positions_at_one_position_equal_the_listed_rows(name):
             np.testing.assert_array_equal(got, keys.index[h, i][keys.valid[h, i]])
 
 
+@pytest.mark.parametrize("name", [n for n in PATTERNS if n != "bigbird"])
+def test_causal_rows_do_not_depend_on_the_total_length(name):
+    """Catches a plan whose causal rows change when the sequence grows (a decoder could then not
+    reuse a prefill computed at a shorter length). BigBird's do, by design (its last block)."""
+    pattern = PATTERNS[name]
+    short = pattern.dense_mask(23) & np.tri(23, dtype=bool)
+    long = pattern.dense_mask(41) & np.tri(41, dtype=bool)
+    np.testing.assert_array_equal(short, long[:, :23, :23])
+
+
 def test_bigbird_random_plan_is_static_per_seed_different_per_head_and_over_the_whole_length():
     """Catches random blocks redrawn per call, shared by all heads, ignoring the seed, drawn
     among covered blocks, or restricted to the start of the sequence (the reference's bug)."""
