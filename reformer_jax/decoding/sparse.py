@@ -1,11 +1,11 @@
 """The cache of sparse-pattern attention: K/V of every position, read through the pattern.
 
-``k``, ``v``: ``[B, max_length, H, d_head]`` (as for full layers). The pattern is static, so
-the keys of every query are known in advance (``pattern.key_positions`` at ``max_length``,
-causal): a step gathers the new position's window, global and random keys from the cache and
-attends to them, O(keys per query) work; a global query (a row that attends to everything)
-attends to the whole cache. The plan is the one of ``max_length`` tokens, as in a forward pass
-over ``max_length`` tokens (BigBird's global last block and random blocks depend on it), so the
+``k``, ``v``: ``[B, max_length, H, d_head]`` (as for full layers). The pattern is static, so the
+keys of every query are known in advance: a step computes the new position's window, global and
+random key positions (``pattern.key_positions_at``, causal, O(keys per query)), gathers them
+from the cache and attends to them; a global query (a row that attends to everything) attends
+to the whole cache. The plan is the one of ``max_length`` tokens, as in a forward pass over
+``max_length`` tokens (BigBird's global last block and random blocks depend on it), so the
 cached decoder equals the model run on the whole buffer.
 """
 
@@ -36,12 +36,12 @@ def step(
     cache = full_cache.append(cache, k, v, positions)
     batch, heads, d = q.shape
     scale = 1.0 / math.sqrt(d)
-    plan = pattern.key_positions(spec.max_length, heads, causal=True)
-    if plan.index.shape[-1] == 0:  # every query is global
-        return full_cache.step(cache, q, k, v, positions)
-    index = jnp.moveaxis(jnp.asarray(plan.index)[:, positions], 1, 0)  # [B, H or 1, K]
-    valid = jnp.moveaxis(jnp.asarray(plan.valid)[:, positions], 1, 0)
+    # Per row: [H or 1, K] key positions (O(keys per query), never a [length, K] table).
+    index, valid, dense_row = jax.vmap(
+        lambda t: pattern.key_positions_at(spec.max_length, t, heads)
+    )(positions)
     index = jnp.broadcast_to(index, (batch, heads, index.shape[-1]))
+    valid = jnp.broadcast_to(valid, index.shape)
     b_ix = jnp.arange(batch)[:, None, None]
     h_ix = jnp.arange(heads)[None, :, None]
     keys, values = cache["k"][b_ix, index, h_ix], cache["v"][b_ix, index, h_ix]  # [B, H, K, d]
@@ -50,8 +50,7 @@ def step(
     s = jnp.where(valid, s, mask_values(sdt)[0])
     probs = jax.nn.softmax(s, axis=-1)
     out = jnp.einsum("bhk,bhkd->bhd", probs.astype(values.dtype), values)
-    if plan.attends_all.any():
-        dense_row = jnp.asarray(plan.attends_all)[positions]  # [B]
+    if pattern.plan(spec.max_length, heads).global_queries.size:
 
         def with_dense_rows():
             ok = jnp.arange(spec.max_length)[None, None, :] <= positions[:, None, None]
