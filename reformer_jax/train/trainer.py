@@ -173,7 +173,7 @@ def make_train_step(graphdef, tx, model_cfg: ReformerConfig, accum: int, seed: i
         key = jax.random.fold_in(jax.random.key(seed), step)
         hash_key = None
         if model_cfg.hash_seed is None:
-            hash_key = jax.random.fold_in(key, 2**31 - 3)  # fresh rotations every step
+            hash_key = jax.random.fold_in(key, 2**31 - 3)  # fresh rotations / features every step
         if accum == 1:
             (loss, (weight, correct)), grads = grad_fn(params, batch, key, hash_key)
         else:
@@ -183,7 +183,7 @@ def make_train_step(graphdef, tx, model_cfg: ReformerConfig, accum: int, seed: i
 
             def body(carry, xs):
                 mb, i = xs
-                # Dropout differs per micro-batch; LSH rotations are the step's, as without
+                # Dropout differs per micro-batch; random draws are the step's, as without
                 # accumulation.
                 (mb_loss, (w, c)), g = grad_fn(params, mb, jax.random.fold_in(key, i), hash_key)
                 acc_g, acc_l, acc_w, acc_c = carry
