@@ -81,7 +81,13 @@ def load_model(
             f"{config_path} not found: {directory} is not a reformer_jax model export (expected "
             f"{CONFIG_FILE} and {PARAMS_DIR}/ written by save_model or the converter)"
         )
-    cfg = config_from_json(config_path.read_text())
+    record = json.loads(config_path.read_text())
+    if "model" in record and "train" in record:
+        raise FileNotFoundError(
+            f"{directory} is a training run's workdir, not a model export; load it with "
+            "load_model_from_workdir (sample.py --workdir)"
+        )
+    cfg = ReformerConfig.from_dict(record)
     if config_overrides:
         cfg = cfg.replace(**config_overrides)
     abstract = nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0)))
@@ -260,19 +266,42 @@ def load_model_from_workdir(
     cfg = ReformerConfig.from_dict(record["model"])
     if config_overrides:
         cfg = cfg.replace(**config_overrides)
-    manager = ocp.CheckpointManager(
-        workdir / "checkpoints",
-        item_names=("params",),
-        options=ocp.CheckpointManagerOptions(read_only=True),
-    )
-    step = manager.latest_step() if step is None else step
+    directory = workdir / "checkpoints"
+    steps = training_steps(directory)
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {directory}; train first")
+        step = steps[-1]
+    elif step not in steps:
+        raise FileNotFoundError(
+            f"no checkpoint of step {step} in {directory}; the steps there are {steps}"
+        )
     abstract = nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract, nnx.Param)
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract_state)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
+    _silence_closed_loop_callbacks()
+    # A plain checkpointer on the step's params item: a read-only CheckpointManager would log
+    # three warnings about its options on every load.
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            params = checkpointer.restore(directory / str(step) / "params", target)
+    except Exception as err:  # orbax / TensorStore raise many kinds on damaged files
+        earlier = [s for s in steps if s < step]
+        fix = f"pass step={earlier[-1]} (--step)" if earlier else "train again"
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise CheckpointError(
+            f"checkpoint step {step} in {directory} cannot be read ({first_line}); {fix}, or "
+            "resume the run with train.py, which moves damaged steps aside"
+        ) from None
+    return nnx.merge(graphdef, params)
+
+
+def training_steps(directory: str | pathlib.Path) -> list[int]:
+    """The completed steps in a ``checkpoints`` directory, ascending (orbax's temporary
+    directories of unfinished saves are not steps)."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(
+        int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "params").is_dir()
     )
-    manager.close()
-    return nnx.merge(graphdef, restored["params"])
