@@ -180,18 +180,31 @@ def config_path_in(argv: Sequence[str], default: str, name: str = "config") -> s
 
 
 def define_config_flag(
-    complete: Callable[[ml_collections.ConfigDict], Any], name: str = "config"
+    complete: Callable[[ml_collections.ConfigDict], Any],
+    name: str = "config",
+    *,
+    flag_values: flags.FlagValues = flags.FLAGS,
+    sys_argv: Sequence[str] | None = None,
 ) -> flags.FlagHolder:
     """Defines ``--<name>``, a config file whose loaded configs pass through ``complete``.
 
     The flag is defined without a default (so nothing is parsed yet) and then given the
     completing parser; :func:`set_config_default` sets the default once the command line has
-    been checked.
+    been checked. ``sys_argv``: the command line the overrides are read from (default
+    ``sys.argv``; tests pass their own).
     """
-    holder = config_flags.DEFINE_config_file(name, None, "Training configuration file.")
-    flags.FLAGS[name].parser = _CompletingParser(name, complete)
+    holder = config_flags.DEFINE_config_file(
+        name,
+        None,
+        "Training configuration file.",
+        flag_values=flag_values,
+        sys_argv=None if sys_argv is None else list(sys_argv),
+    )
+    flag_values[name].parser = _CompletingParser(name, complete)
     return holder
 
 
-def set_config_default(default: str, name: str = "config") -> None:
-    flags.FLAGS.set_default(name, default)
+def set_config_default(
+    default: str, name: str = "config", *, flag_values: flags.FlagValues = flags.FLAGS
+) -> None:
+    flag_values.set_default(name, default)
