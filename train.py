@@ -45,9 +45,16 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        print(
+            f"error: unexpected arguments {argv[1:]}; settings are flags, e.g. "
+            "--config.num_steps=10 (python train.py --help lists them)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     configure_xla()
-    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    # orbax logs every checkpoint step at INFO and TFDS warns about unprepared data folders that
+    # the data sources handle themselves; errors still show.
+    logging.set_verbosity(logging.ERROR)
     config_path = flags.FLAGS["config"].config_filename
     workdir = FLAGS.workdir or str(pathlib.Path("runs") / pathlib.Path(config_path).stem)
     sys.exit(

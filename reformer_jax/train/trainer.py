@@ -104,11 +104,13 @@ def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> Reforme
 def _check_workdir(workdir: pathlib.Path, record: dict[str, Any]) -> bool:
     """True when the workdir holds a compatible run to resume; raises when incompatible."""
     config_path = workdir / "config.json"
+    if workdir.exists() and not workdir.is_dir():
+        raise TrainingError(f"--workdir {workdir} is a file; pass a new or empty directory")
     if not config_path.exists():
-        if workdir.exists() and any(p.name == "checkpoints" for p in workdir.iterdir()):
+        if workdir.exists() and any(workdir.iterdir()):
             raise TrainingError(
-                f"{workdir} holds checkpoints but no config.json: refusing to touch it; use "
-                "another --workdir"
+                f"--workdir {workdir} is not empty and holds no run (no config.json): refusing "
+                "to write into it; pass a new or empty directory"
             )
         return False
     previous = json.loads(config_path.read_text())

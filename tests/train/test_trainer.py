@@ -368,3 +368,20 @@ def test_text_config_without_a_path_is_an_error_and_creates_nothing(tmp_path, ca
     err = capsys.readouterr().err
     assert "--config.data.settings.path=" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "foreign-directory"])
+def test_workdir_that_is_no_run_is_refused_untouched(tmp_path, capsys, kind):
+    """Bug caught: --workdir naming a file ends in a NotADirectoryError traceback; a non-empty
+    directory without config.json (a home directory, a data folder) receives a run's files."""
+    workdir = tmp_path / "w"
+    if kind == "file":
+        workdir.write_text("notes")
+    else:
+        workdir.mkdir()
+        (workdir / "notes.txt").write_text("notes")
+    before = sorted(tmp_path.rglob("*"))
+    assert run_main(tiny.get_config(), str(workdir)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--workdir" in err, err
+    assert sorted(tmp_path.rglob("*")) == before
