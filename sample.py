@@ -292,6 +292,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.num_samples < 1:
         fail("--num-samples must be >= 1")
+    if args.prompt_file is not None and not pathlib.Path(args.prompt_file).is_file():
+        fail(f"--prompt-file {args.prompt_file}: no such file")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        fail(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.out is not None and not pathlib.Path(args.out).absolute().parent.is_dir():
+        fail(f"--out {args.out}: its directory does not exist; create it or choose another path")
     model = load(args)
     try:
         {"text": text_task, "image": image_task, "duplication": duplication_task}[args.task](
