@@ -35,6 +35,7 @@ def _complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 define_config_flag(_complete)
+flags.declare_key_flag("config")  # list it in --help with train.py's own flags
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")

@@ -110,3 +110,12 @@ def test_sample_after_training_is_clean(tmp_path):
     errors = [line for line in damaged.stderr.splitlines() if line.startswith("sample.py: error")]
     assert len(errors) == 1 and "step 2" in errors[0], damaged.stderr[-2000:]
     assert not _noise(damaged.stderr), damaged.stderr[-2000:]
+
+
+def test_train_help_lists_the_config_flag_and_how_to_override():
+    """Bug caught: --help showed train.py's other flags but not --config (defined inside
+    ml_collections), so a user could not learn how to override a setting."""
+    proc = _run(["train.py", "--help"])
+    assert "--config: Training configuration file" in proc.stdout, proc.stdout[-2000:]
+    assert "reformer_jax/config.py" in proc.stdout and "configs/common.py" in proc.stdout
+    assert not _noise(proc.stderr), proc.stderr[-2000:]

@@ -196,7 +196,10 @@ def define_config_flag(
     holder = config_flags.DEFINE_config_file(
         name,
         None,
-        "Training configuration file.",
+        "Training configuration file (a module with get_config()). Override any setting with "
+        "--config.<path>=value: --config.model.<field> for the fields of ReformerConfig "
+        "(reformer_jax/config.py), --config.<setting> for the training settings "
+        "(configs/common.py); tuples quoted, e.g. --config.model.axial_shape='(32, 32)'.",
         flag_values=flag_values,
         sys_argv=None if sys_argv is None else list(sys_argv),
     )
