@@ -172,12 +172,17 @@ class TrainCheckpointer:
                 continue
             params, opt_state, meta = problem
             for bad, why in damaged:
-                moved = self._move_aside(bad)
-                log(
-                    f"checkpoint step {bad} is damaged ({why}); moved to {moved}, resuming "
-                    f"from step {step}"
-                )
+                if jax.process_index() == 0:  # one process renames (a shared file system)
+                    moved = self._move_aside(bad)
+                    log(
+                        f"checkpoint step {bad} is damaged ({why}); moved to {moved}, "
+                        f"resuming from step {step}"
+                    )
             if damaged:
+                if jax.process_count() > 1:
+                    from jax.experimental import multihost_utils
+
+                    multihost_utils.sync_global_devices("reformer_jax_damaged_checkpoints")
                 self.manager.reload()
             return step, params, opt_state, meta
         listing = ", ".join(f"{s} ({why})" for s, why in damaged)
