@@ -12,8 +12,28 @@ from reformer_jax.kernels.lsh import (
     unit_keys,
 )
 from reformer_jax.kernels.masking import mask_values
+from reformer_jax.kernels.sparse import (
+    KeyPositions,
+    SparsePattern,
+    SparsePlan,
+    bigbird_pattern,
+    fixed_pattern,
+    longformer_pattern,
+    sparse_attention,
+    star_pattern,
+    strided_pattern,
+)
 
 __all__ = [
+    "KeyPositions",
+    "SparsePattern",
+    "SparsePlan",
+    "bigbird_pattern",
+    "fixed_pattern",
+    "longformer_pattern",
+    "sparse_attention",
+    "star_pattern",
+    "strided_pattern",
     "auto_n_buckets",
     "draw_rotations",
     "full_attention",
