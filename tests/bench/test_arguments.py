@@ -24,3 +24,14 @@ def test_missing_results_json_is_a_usage_error(module, argv, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert "--from-json" in err and "no such results file" in err, err
+
+
+def test_lra_dashboard_without_results_is_one_line(tmp_path, capsys):
+    """Bug caught: ``bench.lra --dashboard`` without a results file (the default path does not
+    exist until the harness ran) ends in a FileNotFoundError traceback."""
+    from bench import lra
+
+    assert lra.main(["--dashboard", "--from-json", str(tmp_path / "nope.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --from-json") and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())
