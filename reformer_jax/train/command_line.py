@@ -76,6 +76,8 @@ def complete_config(
             if field.name in model:
                 continue
             default = field.default
+            if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+                default = field.default_factory()
             if field.name == "vocab_size":
                 model[field.name] = config_dict.placeholder(int)
             elif default is None:
