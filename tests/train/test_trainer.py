@@ -324,6 +324,7 @@ def _truncate_arrays(step_dir: pathlib.Path) -> None:
             f.truncate(10)
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_and_is_moved_aside(tmp_path, capsys):
     """Bug caught: a truncated latest step ends the resume in TensorStore tracebacks (or is
     deleted, or a later save of the same step collides with it) although step 2 is intact."""
