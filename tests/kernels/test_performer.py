@@ -325,6 +325,10 @@ def _causal_temp_bytes(length: int) -> int:
 
 def test_causal_memory_is_linear_in_length():
     """Catches: a causal mask built as an L x L array (or a dense quadratic form): 4x the length
-    would take 16x the memory instead of <= 4.5x."""
+    would take 16x the memory instead of <= 4.5x.
+
+    Measured (value and grad, 2 heads, d = 32, m = 64, chunk 64): 11.7 MiB at 2K, 46.5 MiB at
+    8K (~23x the bytes of q: features, exponents, per-chunk states and quadratic forms kept for
+    the backward); with one chunk over the whole sequence: 103 MiB and 1.56 GiB."""
     small, large = _causal_temp_bytes(2048), _causal_temp_bytes(8192)
     assert large <= 4.5 * small, (small, large)
