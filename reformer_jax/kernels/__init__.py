@@ -25,9 +25,29 @@ from reformer_jax.kernels.performer import (
     performer_decode_step,
     performer_prefill,
 )
+from reformer_jax.kernels.sparse import (
+    KeyPositions,
+    SparsePattern,
+    SparsePlan,
+    bigbird_pattern,
+    fixed_pattern,
+    longformer_pattern,
+    sparse_attention,
+    star_pattern,
+    strided_pattern,
+)
 
 __all__ = [
+    "KeyPositions",
     "PerformerState",
+    "SparsePattern",
+    "SparsePlan",
+    "bigbird_pattern",
+    "fixed_pattern",
+    "longformer_pattern",
+    "sparse_attention",
+    "star_pattern",
+    "strided_pattern",
     "auto_n_buckets",
     "draw_features",
     "draw_rotations",
