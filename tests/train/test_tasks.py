@@ -299,6 +299,7 @@ def test_carry_is_sharded_over_eight_devices(toy, tmp_path):
 # -- classification through the trainer ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_classify_tiny_learns_and_reports_the_best_checkpoints_test_accuracy(tmp_path):
     """The classifier beats chance clearly on held-out data, and the reported test metrics are
     those of the best validation checkpoint, recomputed here with NumPy from its logits.
