@@ -375,11 +375,15 @@ def run_config(
     jax.block_until_ready(inputs)
     res.load_before = _load_average()
     try:
+        before = resource.getrusage(resource.RUSAGE_SELF)
         res.first_run_s = timed_call(compiled, inputs)
         if res.first_run_s > args.max_seconds:
+            after = resource.getrusage(resource.RUSAGE_SELF)
             res.status = "partial"
             res.note = f"warm-up {res.first_run_s:.0f} s > --max-seconds: no timed repeats"
             res.times_s = [res.first_run_s]
+            res.user_s_per_run = after.ru_utime - before.ru_utime
+            res.sys_s_per_run = after.ru_stime - before.ru_stime
         else:
             before = resource.getrusage(resource.RUSAGE_SELF)
             res.times_s = [timed_call(compiled, inputs) for _ in range(args.repeats)]
@@ -734,8 +738,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def crossovers(results: Sequence[Result], reference: str = "full") -> dict[str, dict[str, Any]]:
+def crossovers(
+    results: Sequence[Result], reference: str = "full", metric: str = "us_per_token"
+) -> dict[str, dict[str, Any]]:
     """Where each series' time per token drops below ``reference``'s.
+
+    ``metric``: ``"us_per_token"`` (wall time) or ``"cpu_us_per_token"`` (process CPU time,
+    less sensitive to other processes on a shared machine).
 
     ``{series: {"length": L or None, "how": ..., "ratios": {length: t / t_ref}}}``. ``how`` is
     ``"below"`` (already faster at the shortest common length: the crossover is at or below it),
@@ -747,11 +756,8 @@ def crossovers(results: Sequence[Result], reference: str = "full") -> dict[str, 
     import math
 
     def timed(name: str) -> dict[int, float]:
-        return {
-            r.length: r.us_per_token
-            for r in results
-            if r.series == name and r.us_per_token is not None
-        }
+        values = ((r.length, getattr(r, metric)) for r in results if r.series == name)
+        return {length: value for length, value in values if value is not None}
 
     ref = timed(reference)
     out: dict[str, dict[str, Any]] = {}
@@ -796,9 +802,9 @@ def crossovers(results: Sequence[Result], reference: str = "full") -> dict[str, 
     return out
 
 
-def crossover_table(results: Sequence[Result]) -> str:
+def crossover_table(results: Sequence[Result], metric: str = "us_per_token") -> str:
     """Markdown: each series' crossover against full attention and its time ratios."""
-    cross = crossovers(results)
+    cross = crossovers(results, metric=metric)
     lengths = sorted({r.length for r in results})
     header = ["series", "crossover vs full", *(_length_label(n) for n in lengths)]
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * len(lengths)]
@@ -826,8 +832,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_json is not None:
         payload, results = read_json(args.from_json)
         print(markdown_table(results) if args.markdown else text_table(results))
-        print()
-        print(crossover_table(results))
+        for metric in ("us_per_token", "cpu_us_per_token"):
+            print(f"\ncrossover against full attention ({metric}):")
+            print(crossover_table(results, metric))
         if not args.no_plot:
             png = args.from_json.with_suffix(".png")
             plot(png, results, payload)
@@ -872,11 +879,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             payload["elapsed_s"] = round(time.perf_counter() - start, 1)
             payload["crossovers"] = crossovers(results)
+            payload["crossovers_cpu"] = crossovers(results, metric="cpu_us_per_token")
             write_json(args.out, payload, results)
     print()
     print(markdown_table(results) if args.markdown else text_table(results))
-    print()
-    print(crossover_table(results))
+    for metric in ("us_per_token", "cpu_us_per_token"):
+        print(f"\ncrossover against full attention ({metric}):")
+        print(crossover_table(results, metric))
     print(f"\nwrote {args.out}", file=sys.stderr)
     if not args.no_plot:
         png = args.out.with_suffix(".png")
