@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bench import results_json
 from bench.machine import machine_info
 from reformer_jax.config import ReformerConfig
 from reformer_jax.layers.attention import KINDS as KIND_REGISTRY
@@ -709,7 +710,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--from-json",
-        type=Path,
+        type=results_json,
         default=None,
         help="do not measure: re-print the table (and redraw the PNG unless "
         "--no-plot) from a results JSON",
