@@ -179,7 +179,9 @@ show(fig, "masks")
 #
 # Below: exact attention, Linformer at `k` rows (projections at their random initialisation;
 # the paper learns them) and Performer with `m` features, probed the same way
-# (bidirectional, so Linformer can run).
+# (bidirectional, so Linformer can run). The Performer estimator's variance grows like
+# `exp(|q'|^2 + |k'|^2)` (`x' = x / d^(1/4)`), so even these moderate activations need far more
+# features than `d_head` for a faithful matrix: the random features show up as noisy columns.
 
 # %%
 scale = 1 / np.sqrt(D_HEAD)
@@ -306,42 +308,51 @@ show(fig, "cost_and_error")
 crossover = cost.get("crossovers_cpu") or cost.get("crossovers") or {}
 print("crossover against full attention (CPU time per token):")
 for name, entry in crossover.items():
-    where = "not within the sweep" if entry["length"] is None else f"{entry['length']:,} tokens"
-    print(f"  {name:12s} {where:>22s}  ({entry['how']})")
+    if entry["length"] is None:
+        where = "not within the sweep"
+    elif entry["how"] == "below":  # already cheaper at the sweep's shortest length
+        where = f"<= {entry['length']:,} tokens"
+    else:
+        where = f"~{entry['length']:,} tokens ({entry['how']})"
+    print(f"  {name:12s} {where}")
 
 # %% [markdown]
 # ## 4. When to pick which
 #
-# What the measurements above and the survey's argument say, in the order of the questions
-# that decide it:
+# What the measurements above say (cost: CPU time per token on a 2-core CPU, 1 head x 64,
+# chunks / blocks of 128; error: causal, 512 tokens of a small trained byte-level model; see
+# `docs/benchmarks.md`), in the order of the questions that decide it:
 #
-# * **Short sequences (below the crossover, about 1-2K tokens on this CPU): full attention.**
-#   It is exact, and nothing here is faster per token at 1K except the cheapest patterns;
-#   the approximations only pay off once the `L x L` matrix dominates.
 # * **Must it generate left to right?** Then not Linformer: its length projection mixes future
 #   tokens into every key (the kind refuses `causal=True` and decoding). Local, the sparse
 #   patterns, LSH and Performer all decode with a cache.
-# * **Is the information local (text, audio, pixels in raster order)?** Local attention or
-#   Longformer: the cheapest per token, exact inside the window, and their error on the trained
-#   model falls quickly as the window grows. Longformer adds task-chosen global tokens (CLS,
-#   question tokens) at little cost.
-# * **Local plus some long-range mixing, at a fixed budget?** BigBird: window, global and random
-#   blocks; the lowest error of the sparse patterns at a given number of keys per query here,
-#   and a cost linear in length.
-# * **Periodic structure (images, music, code with fixed-width rows)?** The Sparse Transformer's
-#   strided or fixed patterns, with the stride near `sqrt(L)`; their cost grows as
-#   `L^2 / stride`, so they are not linear-cost at a fixed stride.
+# * **Short sequences: full attention** is exact, and the approximations only pay off once the
+#   `L x L` matrix dominates. On this CPU that is early: at 1K tokens every family already costs
+#   less than full attention (0.23x for local to 0.92x for BigBird) except LSH with 4 hash
+#   rounds (a tie at about 1K); from 2K all cost at most about half of it, and full attention's
+#   memory (768 MiB at 1K, 49 GiB at 64K for this batch) is what runs out first.
+# * **Local information (text, audio, pixels in raster order)?** Local attention: the cheapest
+#   per token (6-8 µs), exact inside its window, and its error falls as the window grows (chunk
+#   16 / 32 / 64: 0.65 / 0.53 / 0.34 at 512 tokens). Longformer is the same band per token plus
+#   task-chosen global tokens (CLS, question tokens).
+# * **Local plus some long-range mixing at a small budget?** BigBird (0.46 at 64 keys per query,
+#   against 0.53 for a 64-key window) or the Sparse Transformer's strided pattern (0.45 at about
+#   48 keys); at 128 keys a plain window has caught up (BigBird 0.33, local 0.34). BigBird's
+#   cost is linear in length; strided and fixed grow as `L^2 / stride`, so keep the stride near
+#   `sqrt(L)`.
 # * **Content-based long-range lookup (duplicated spans, retrieval inside a document)?** LSH:
-#   it finds the similar keys wherever they are; more hash rounds, less error, linearly more
-#   cost. It needs shared query/key projections.
-# * **A smooth, global approximation with a tight memory budget, bidirectional?** Linformer (at
-#   learned, not random, projections; the error above is at initialisation) or Performer. The
-#   Performer's error falls only as one over the square root of the number of features, so on
-#   peaked (trained) attention it stays large at practical feature counts; it shines where the
-#   attention is spread out.
-# * **Star-Transformer** is a relay for classification: one global token and neighbours. As an
-#   approximation of a language model's attention it is the crudest (the largest error here),
-#   which is the point: it is a different model, not an approximation.
+#   the lowest error per key attended here (0.37 with one round of 64 keys, 0.21 with 8
+#   rounds), at about 8 µs per token per round. It needs shared query/key projections (its
+#   error above is against exact shared-QK attention).
+# * **A global approximation, bidirectional, tight memory?** Linformer is cheap (9 µs per token,
+#   flat memory) but its accuracy comes entirely from learning its projections: at
+#   initialisation its error is about 1 for every rank tried. Performer decodes and is causal,
+#   but on trained (large) activations its error falls slowly with the features (0.63 at 16,
+#   0.42 at 1,024) while its cost is about 3x local attention's at 256 features; it suits
+#   spread-out attention over small activations.
+# * **Star-Transformer** is a relay for classification: one global token and the neighbours. As
+#   an approximation of a language model's attention it is the crudest (0.92 here), which is the
+#   point: it is a different model, not an approximation of the dense one.
 
 # %%
 print("done")
