@@ -14,15 +14,17 @@ renames, so an interrupted save never leaves a half-written step behind.
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from reformer_jax.config import ReformerConfig
 from reformer_jax.model import ReformerLM
+from reformer_jax.paths import as_path
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -37,10 +39,10 @@ def config_from_json(text: str) -> ReformerConfig:
 
 
 def save_model(
-    directory: str | pathlib.Path, model: ReformerLM, *, overwrite: bool = False
-) -> pathlib.Path:
+    directory: str | os.PathLike, model: ReformerLM, *, overwrite: bool = False
+) -> epath.Path:
     """Exports ``model`` (config + parameters) to ``directory``; never overwrites silently."""
-    directory = pathlib.Path(directory).absolute()
+    directory = as_path(directory)
     if directory.exists() and any(directory.iterdir()):
         if not overwrite:
             raise FileExistsError(
@@ -57,14 +59,14 @@ def save_model(
 
 
 def load_model(
-    directory: str | pathlib.Path, *, sharding: Any = None, **config_overrides: Any
+    directory: str | os.PathLike, *, sharding: Any = None, **config_overrides: Any
 ) -> ReformerLM:
     """Loads a model written by :func:`save_model` (or the ``model`` part of a train step).
 
     ``config_overrides`` change settings that do not affect parameter shapes (e.g.
     ``lsh_n_hashes`` for evaluation, ``hash_seed``, ``dtype``, dropout rates).
     """
-    directory = pathlib.Path(directory).absolute()
+    directory = as_path(directory)
     config_path = directory / CONFIG_FILE
     if not config_path.exists():
         raise FileNotFoundError(
@@ -92,8 +94,8 @@ class TrainCheckpointer:
     current run's shardings, so a run can resume on another mesh or device count.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, save_every: int = 1000):
-        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, save_every: int = 1000):
+        self.directory = as_path(workdir) / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             save_interval_steps=1,
@@ -138,10 +140,10 @@ class TrainCheckpointer:
 
 
 def load_model_from_workdir(
-    workdir: str | pathlib.Path, step: int | None = None, **config_overrides: Any
+    workdir: str | os.PathLike, step: int | None = None, **config_overrides: Any
 ) -> ReformerLM:
     """The model of a training run's latest (or given) checkpoint in ``workdir``."""
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = as_path(workdir)
     config_path = workdir / CONFIG_FILE
     if not config_path.exists():
         raise FileNotFoundError(

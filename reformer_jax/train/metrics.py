@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
+import os
 import time
 from typing import Any
 
 import jax
 
+from reformer_jax.paths import as_path
+
 
 class MetricWriter:
     """Writes scalars to ``<workdir>/metrics.jsonl`` and TensorBoard (``<workdir>/tb``)."""
 
-    def __init__(self, workdir: str | pathlib.Path, *, enabled: bool | None = None):
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = as_path(workdir)
         self._jsonl = None
         self._tb = None
         if self.enabled:
-            self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115
+            self._jsonl = (self.workdir / "metrics.jsonl").open("a")
             try:
                 from tensorboardX import SummaryWriter
 

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import json
 import math
-import pathlib
+import os
 import signal
 import sys
 import time
@@ -24,12 +24,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 
 from reformer_jax import data as data_lib
 from reformer_jax.checkpoint import TrainCheckpointer
 from reformer_jax.config import ReformerConfig
 from reformer_jax.model import ReformerLM, lm_loss
+from reformer_jax.paths import as_path
 from reformer_jax.runtime import release_free_memory
 from reformer_jax.train import sharding as shd
 from reformer_jax.train.metrics import MetricWriter
@@ -98,7 +100,7 @@ def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> Reforme
     return cfg
 
 
-def _check_workdir(workdir: pathlib.Path, record: dict[str, Any]) -> bool:
+def _check_workdir(workdir: epath.Path, record: dict[str, Any]) -> bool:
     """True when the workdir holds a compatible run to resume; raises when incompatible."""
     config_path = workdir / "config.json"
     if not config_path.exists():
@@ -212,6 +214,106 @@ def make_train_step(graphdef, tx, model_cfg: ReformerConfig, accum: int, seed: i
     return step_fn
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """The jitted training step of ``train.py`` for one config on one mesh, and its parts.
+
+    ``step(params, opt_state, batch, step) -> (params, opt_state, metrics)`` has explicit
+    in/out shardings and donates the parameters and optimizer state. The same object feeds the
+    training loop and ahead-of-time compilation (``bench/aot_tpu.py``), so what is compiled for a
+    pod is what trains.
+    """
+
+    step: Any
+    mesh: jax.sharding.Mesh
+    graphdef: Any
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    abstract_params: Any
+    param_sharding: Any
+    abstract_opt: Any
+    opt_sharding: Any
+
+    def abstract_args(self, batch_size: int, seq_len: int) -> tuple[Any, ...]:
+        """Sharded ``jax.ShapeDtypeStruct`` arguments of ``step`` (nothing allocated)."""
+
+        def placed(tree: Any, shardings: Any) -> Any:
+            return jax.tree.map(
+                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
+            )
+
+        rows = shd.batch_sharding(self.mesh)
+        batch = {
+            name: jax.ShapeDtypeStruct((batch_size, seq_len), dtype, sharding=rows)
+            for name, dtype in (
+                ("inputs", jnp.int32),
+                ("targets", jnp.int32),
+                ("weights", jnp.float32),
+            )
+        }
+        return (
+            placed(self.abstract_params, self.param_sharding),
+            placed(self.abstract_opt, self.opt_sharding),
+            batch,
+            jax.ShapeDtypeStruct((), jnp.int32, sharding=shd.replicated(self.mesh)),
+        )
+
+
+def build_train_step(
+    config: ml_collections.ConfigDict, model_cfg: ReformerConfig, mesh: jax.sharding.Mesh
+) -> TrainStep:
+    """Optimizer, shardings and the jitted step for ``config`` on ``mesh`` (no arrays made)."""
+    if config.batch_size % shd.data_parallel_size(mesh):
+        raise ValueError(
+            f"config.batch_size {config.batch_size} is not divisible by the data-parallel "
+            f"axes ({shd.data_parallel_size(mesh)} devices: data x fsdp); adjust one of them"
+        )
+    schedule = make_schedule(
+        config.schedule, config.learning_rate, config.warmup_steps, config.num_steps
+    )
+    tx = make_optimizer(
+        config.optimizer,
+        schedule,
+        b1=config.adam_b1,
+        b2=config.adam_b2,
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+        grad_clip=config.grad_clip,
+    )
+    abstract_model = nnx.eval_shape(lambda: ReformerLM(model_cfg, rngs=nnx.Rngs(0)))
+    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+    param_sharding = shd.param_shardings(mesh, abstract_params)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_sharding = optax.tree_map_params(
+        tx,
+        # Adam's moments mirror their parameter; Adafactor's factored rows/columns do not.
+        lambda leaf, sharding: (
+            sharding if leaf.ndim == len(sharding.spec) else shd.replicated(mesh)
+        ),
+        abstract_opt,
+        param_sharding,
+        transform_non_params=lambda _: shd.replicated(mesh),
+    )
+    step_fn = make_train_step(graphdef, tx, model_cfg, config.grad_accum_steps, config.seed)
+    step = jax.jit(
+        step_fn,
+        in_shardings=(param_sharding, opt_sharding, shd.batch_sharding(mesh), None),
+        out_shardings=(param_sharding, opt_sharding, shd.replicated(mesh)),
+        donate_argnums=(0, 1),
+    )
+    return TrainStep(
+        step,
+        mesh,
+        graphdef,
+        tx,
+        schedule,
+        abstract_params,
+        param_sharding,
+        abstract_opt,
+        opt_sharding,
+    )
+
+
 def make_eval_step(graphdef):
     def eval_fn(params, batch):
         model = nnx.merge(graphdef, params)
@@ -297,10 +399,11 @@ def _trained_with(cfg: ReformerConfig, seq_len: int) -> str:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike
 ) -> TrainResult:
-    """Trains (or resumes) the run described by ``config`` in ``workdir``."""
-    workdir = pathlib.Path(workdir).absolute()
+    """Trains (or resumes) the run described by ``config`` in ``workdir`` (local or
+    ``gs://``)."""
+    workdir = as_path(workdir)
     validate_train_config(config)
     source = data_lib.get_source(config.data.name, config.data.settings)
     if source.seq_len != config.seq_len:
@@ -313,43 +416,14 @@ def train_and_evaluate(
     resuming = _check_workdir(workdir, record)
 
     mesh = shd.make_mesh(config.mesh_shape)
-    if config.batch_size % mesh.shape[shd.DATA]:
-        raise ValueError(
-            f"config.batch_size {config.batch_size} is not divisible by the data "
-            f"axis ({mesh.shape[shd.DATA]} devices); adjust one of them"
-        )
-    schedule = make_schedule(
-        config.schedule, config.learning_rate, config.warmup_steps, config.num_steps
-    )
-    tx = make_optimizer(
-        config.optimizer,
-        schedule,
-        b1=config.adam_b1,
-        b2=config.adam_b2,
-        eps=config.adam_eps,
-        weight_decay=config.weight_decay,
-        grad_clip=config.grad_clip,
-    )
-
-    abstract_model = nnx.eval_shape(lambda: ReformerLM(model_cfg, rngs=nnx.Rngs(0)))
-    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-    param_sharding = shd.param_shardings(mesh, abstract_params)
+    parts = build_train_step(config, model_cfg, mesh)
+    schedule, tx = parts.schedule, parts.tx
+    abstract_params, param_sharding = parts.abstract_params, parts.param_sharding
+    abstract_opt, opt_sharding = parts.abstract_opt, parts.opt_sharding
 
     def init_params():
         model = ReformerLM(model_cfg, rngs=nnx.Rngs(config.seed))
         return nnx.state(model, nnx.Param)
-
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_sharding = optax.tree_map_params(
-        tx,
-        # Adam's moments mirror their parameter; Adafactor's factored rows/columns do not.
-        lambda leaf, sharding: (
-            sharding if leaf.ndim == len(sharding.spec) else shd.replicated(mesh)
-        ),
-        abstract_opt,
-        param_sharding,
-        transform_non_params=lambda _: shd.replicated(mesh),
-    )
 
     workdir.mkdir(parents=True, exist_ok=True)
     checkpointer = TrainCheckpointer(
@@ -376,13 +450,7 @@ def train_and_evaluate(
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(json.dumps(record, indent=2, sort_keys=True))
 
-    step_fn = make_train_step(graphdef, tx, model_cfg, config.grad_accum_steps, config.seed)
-    train_step = jax.jit(
-        step_fn,
-        in_shardings=(param_sharding, opt_sharding, shd.batch_sharding(mesh), None),
-        out_shardings=(param_sharding, opt_sharding, shd.replicated(mesh)),
-        donate_argnums=(0, 1),
-    )
+    train_step = parts.step
     writer = MetricWriter(workdir)
     batch_iter: Iterator = source.batches(
         "train",
