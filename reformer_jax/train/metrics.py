@@ -10,7 +10,7 @@ from typing import Any
 
 import jax
 
-from reformer_jax.paths import as_path
+from reformer_jax.paths import as_path, is_uri
 
 
 class MetricWriter:
@@ -24,10 +24,13 @@ class MetricWriter:
         if self.enabled:
             self._jsonl = (self.workdir / "metrics.jsonl").open("a")
             try:
+                if is_uri(self.workdir):
+                    # tensorboardX writes buckets itself, through google-cloud-storage
+                    import google.cloud.storage  # noqa: F401
                 from tensorboardX import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.workdir / "tb"))
-            except ImportError:  # pragma: no cover - tensorboardX is a dependency
+            except ImportError:  # no TensorBoard files there; metrics.jsonl is still written
                 self._tb = None
 
     def write(self, step: int, split: str, values: dict[str, Any]) -> None:
