@@ -281,9 +281,14 @@ def _does_not_fit(name, message, memory, hbm, args, fsdp) -> str:
         temps = memory["temp_bytes"]
         need = f"needs {_gib(memory['total_bytes'])} per chip (temporaries {_gib(temps)})"
         state_heavy = memory["argument_bytes"] > temps
-    else:
-        found = re.search(r"Used ([0-9.]+[KMGT]?i?B?) of ([0-9.]+[KMGT]?i?B?) hbm", message)
+    else:  # XLA's TPU compiler: "Used 20.1G of 15.75G hbm" and its largest allocations
+        found = re.search(r"Used (\S+) of (\S+) hbm", message)
         need = f"needs {found.group(1)} of {found.group(2)}" if found else "exceeds HBM"
+        sizes = re.findall(r"Size: (\S+)", message)
+        shapes = re.findall(r"Shape: (\S+)", message)
+        if sizes:
+            temps = ", ".join(f"{z} {sh}" for z, sh in zip(sizes[:3], shapes[:3], strict=False))
+            need += f" (largest temporaries: {temps})"
         state_heavy = False
     if state_heavy and fsdp == 1:
         fix = "shard parameters and optimizer state with FSDP (--mesh data,fsdp,model)"
@@ -475,18 +480,37 @@ def main(argv: list[str]) -> int:
         )
     except (DoesNotFit, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        if flags_.json and isinstance(err, DoesNotFit):  # a result too: the pod table lists it
+            _append(flags_.json, {**_identity(flags_, mesh), "error": str(err)})
         return 1
-    report["config"] = flags_["config"].config_filename
-    report["command"] = " ".join(["python -m bench.aot_tpu", *sys.argv[1:]])
+    report.update(_identity(flags_, mesh))
     report["machine"] = machine_info()
     print(format_report(report))
     if flags_.json:
-        from reformer_jax.paths import as_path
-
-        path = as_path(flags_.json)
-        records = json.loads(path.read_text()) if path.exists() else []
-        path.write_text(json.dumps([*records, report], indent=1) + "\n")
+        _append(flags_.json, report)
     return 0
+
+
+def _identity(flags_, mesh) -> dict[str, Any]:
+    args, skip = [], False
+    for arg in sys.argv[1:]:  # the command without where its output went
+        if not skip and not arg.startswith("--json"):
+            args.append(arg)
+        skip = arg == "--json"
+    return {
+        "config": flags_["config"].config_filename,
+        "topology": flags_.topology,
+        "mesh_shape": list(mesh),
+        "command": " ".join(["python -m bench.aot_tpu", *args]),
+    }
+
+
+def _append(json_path: str, record: dict[str, Any]) -> None:
+    from reformer_jax.paths import as_path
+
+    path = as_path(json_path)
+    records = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps([*records, record], indent=1) + "\n")
 
 
 def _define_flags() -> None:
