@@ -127,23 +127,19 @@ def _matmul_flops(opcode: str, shape: str, operands: str, attrs: str, shapes: di
     return 2.0 * out * per_out / (int(groups.group(1)) if groups else 1)
 
 
-def _trip_count(attrs: str, computations: dict[str, list[str]]) -> int:
-    """Iterations of a while loop: XLA's known trip count, else the bound ``N`` of a condition
-    ``i < N`` (JAX's scans and fori loops count from 0 in steps of 1); 1 if neither is found."""
+def _trip_count(attrs: str) -> int | None:
+    """XLA's known trip count of a while loop, None when the HLO does not state it."""
     known = re.search(r'"known_trip_count":\{"n":"(\d+)"', attrs)
-    if known:
-        return int(known.group(1))
-    cond = re.search(r"condition=%?([\w.\-]+)", attrs)
-    body = computations.get(cond.group(1), []) if cond else []
-    if not any("direction=LT" in line for line in body):
-        return 1
-    bounds = [int(n) for line in body for n in re.findall(r"s32\[\][^=]*constant\((\d+)\)", line)]
-    return max(bounds) if bounds else 1
+    return int(known.group(1)) if known else None
 
 
 def analyse_hlo(text: str) -> dict[str, Any]:
-    """Matmul FLOPs and collectives (count, bytes by kind) per execution of the HLO module,
-    loop bodies multiplied by their known trip counts."""
+    """Matmul FLOPs and collectives (count, bytes by kind) of the HLO module.
+
+    Loop bodies are multiplied by XLA's known trip count where the HLO states it; the TPU
+    compiler often does not, and such a body is counted once (``loops_without_trip_count``
+    says how many loops were): the figures are then per program text, a lower bound per step.
+    """
     computations: dict[str, list[str]] = {}
     entry, current = None, None
     for line in text.splitlines():
@@ -158,6 +154,7 @@ def analyse_hlo(text: str) -> dict[str, Any]:
             computations[current].append(line)
 
     memo: dict[str, tuple[float, dict]] = {}
+    unknown_loops = [0]
 
     def visit(comp: str) -> tuple[float, dict]:
         if comp in memo:
@@ -181,7 +178,9 @@ def analyse_hlo(text: str) -> dict[str, Any]:
                 coll[kind][1] += nbytes // 2 if opcode.endswith("-start") else nbytes
             times = 1
             if opcode == "while":
-                times = _trip_count(attrs, computations)
+                trip = _trip_count(attrs)
+                times = 1 if trip is None else trip
+                unknown_loops[0] += trip is None
             called = re.findall(r"(?:calls|body|to_apply)=%?([\w.\-]+)", attrs)
             branches = re.search(r"branch_computations=\{([^}]*)\}", attrs)
             if branches:  # a conditional runs one branch: count the largest
@@ -206,7 +205,37 @@ def analyse_hlo(text: str) -> dict[str, Any]:
     return {
         "matmul_flops": flops,
         "collectives": {k: {"count": n, "bytes": b} for k, (n, b) in sorted(coll.items())},
+        "loops_without_trip_count": unknown_loops[0],
     }
+
+
+def model_flops(cfg, params: Any, batch: int, seq_len: int) -> float:
+    """Model FLOPs of one training step (the MFU convention: forward + backward = 3 forwards;
+    the reversible recomputation is not counted as useful work).
+
+    Every matrix parameter (``kernel``) does 2 FLOPs per token forward; attention adds QK^T and
+    AV over the keys each query sees: LSH ``n_hashes x (chunks_before + 1) x chunk`` keys,
+    local ``(chunks_before + 1) x chunk``, full ``seq_len / 2`` (causal) or ``seq_len``.
+    """
+    import jax
+
+    kernels = sum(
+        math.prod(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if "kernel" in jax.tree_util.keystr(path)
+    )
+    tokens = batch * seq_len
+    width = cfg.n_heads * cfg.d_head
+    attention = 0.0
+    for kind in cfg.layer_kinds():
+        if kind == "lsh":
+            keys = cfg.lsh_n_hashes * (cfg.lsh_chunks_before + 1) * cfg.lsh_chunk_len
+        elif kind == "local":
+            keys = (cfg.local_chunks_before + 1) * cfg.local_chunk_len
+        else:
+            keys = seq_len / 2 if cfg.causal else seq_len
+        attention += 4.0 * keys * width  # QK^T and AV, 2 FLOPs per multiply-add
+    return 3.0 * tokens * (2.0 * kernels + attention)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,7 +273,9 @@ def compile_program(name: str, lowered, hbm: int, args: Any, fsdp: int) -> dict[
         message = str(err)
         if "RESOURCE_EXHAUSTED" not in message and "out of memory" not in message.lower():
             raise
-        raise DoesNotFit(_does_not_fit(name, message, None, hbm, args, fsdp)) from None
+        error = DoesNotFit(_does_not_fit(name, message, None, hbm, args, fsdp))
+        error.xla_message = message[:3000]
+        raise error from None
     mem = compiled.memory_analysis()
     memory = {
         "argument_bytes": mem.argument_size_in_bytes,
@@ -269,9 +300,10 @@ def compile_program(name: str, lowered, hbm: int, args: Any, fsdp: int) -> dict[
     hlo = analyse_hlo(compiled.as_text())
     return {
         "memory": memory,
-        "flops": hlo["matmul_flops"],
+        "hlo_matmul_flops": hlo["matmul_flops"],
         "xla_cost_analysis_flops": float(cost.get("flops", 0.0)) if cost else None,
         "collectives": hlo["collectives"],
+        "loops_without_trip_count": hlo["loops_without_trip_count"],
     }
 
 
@@ -400,7 +432,9 @@ def run(
         "compiled_not_run": True,
     }
     train = compile_program("train_step", parts.step.lower(*args), hbm, args, axes[shd.FSDP])
-    step_time = train["flops"] / (peak * mfu)
+    flops = model_flops(model_cfg, parts.abstract_params, config.batch_size, config.seq_len)
+    train["model_flops_per_chip"] = flops / len(devices)
+    step_time = train["model_flops_per_chip"] / (peak * mfu)
     train["projected_step_seconds"] = step_time
     train["projected_tokens_per_second"] = config.batch_size * config.seq_len / step_time
     report["programs"]["train_step"] = train
@@ -409,7 +443,6 @@ def run(
         plen = prompt_len or config.seq_len // 2
         for name, lowered, dargs in _decode_programs(model_cfg, mesh, batch, plen, config.seq_len):
             out = compile_program(name, lowered, hbm, dargs, axes[shd.FSDP])
-            out["projected_seconds"] = out["flops"] / (peak * mfu)
             out["batch"], out["prompt_len"], out["max_length"] = batch, plen, config.seq_len
             report["programs"][name] = out
     return report
@@ -427,14 +460,21 @@ def format_report(report: dict[str, Any]) -> str:
             f"  {name}: per chip arguments {_gib(m['argument_bytes'])}, temporaries "
             f"{_gib(m['temp_bytes'])}, outputs {_gib(m['output_bytes'])} (aliased "
             f"{_gib(m['alias_bytes'])}), total {_gib(m['total_bytes'])} of "
-            f"{_gib(m['hbm_bytes'])}; {prog['flops'] / 1e9:,.1f} GFLOP per chip"
+            f"{_gib(m['hbm_bytes'])}"
         )
         coll = ", ".join(
             f"{k} x{v['count']} {v['bytes'] / 2**20:.1f} MiB"
             for k, v in prog["collectives"].items()
         )
         lines.append(f"    collectives per chip: {coll or 'none'}")
+        lines.append(
+            f"    matmul FLOPs in the HLO per chip: {prog['hlo_matmul_flops'] / 1e9:,.1f} G "
+            f"({prog['loops_without_trip_count']} loop bodies counted once)"
+        )
         if "projected_tokens_per_second" in prog:
+            lines.append(
+                f"    model FLOPs per chip per step: {prog['model_flops_per_chip'] / 1e12:,.2f} T"
+            )
             lines.append(
                 f"    projected at {100 * report['assumed_mfu']:.0f}% MFU of "
                 f"{report['peak_bf16_flops_per_chip'] / 1e12:.0f} TFLOP/s: "
@@ -481,7 +521,9 @@ def main(argv: list[str]) -> int:
     except (DoesNotFit, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         if flags_.json and isinstance(err, DoesNotFit):  # a result too: the pod table lists it
-            _append(flags_.json, {**_identity(flags_, mesh), "error": str(err)})
+            record = {**_identity(flags_, mesh), "error": str(err)}
+            record["xla_message"] = getattr(err, "xla_message", None)
+            _append(flags_.json, record)
         return 1
     report.update(_identity(flags_, mesh))
     report["machine"] = machine_info()

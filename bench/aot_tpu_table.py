@@ -38,15 +38,15 @@ def row(record: dict[str, Any]) -> str:
     )
     return (
         f"| {config} | {record['topology']} ({record['chips']} chips) | {mesh} "
-        f"| {memory} | {train['flops'] / 1e12:.1f} | {_collectives(train)} "
+        f"| {memory} | {train['model_flops_per_chip'] / 1e12:.1f} | {_collectives(train)} "
         f"| {train['projected_tokens_per_second']:,.0f} | {record['batch_size']} x "
         f"{record['seq_len']} | {command} |"
     )
 
 
 HEADER = (
-    "| config | topology | mesh (data x fsdp x model) | per-chip memory, GiB | TFLOP per chip "
-    "per step | collectives per chip per step | projected tokens/s | batch x length "
+    "| config | topology | mesh (data x fsdp x model) | per-chip memory, GiB | model TFLOP per "
+    "chip per step | collectives per chip (in the HLO) | projected tokens/s | batch x length "
     "| command |\n|---|---|---|---|---|---|---|---|---|"
 )
 
