@@ -261,6 +261,15 @@ def _largest(tree: Any, top: int = 3) -> list[tuple[str, int]]:
     return sorted(sizes, key=lambda x: -x[1])[:top]
 
 
+def _per_chip_bytes(tree: Any) -> int:
+    """Bytes per chip of an abstract, sharded pytree."""
+    import jax
+
+    return sum(
+        math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)
+    )
+
+
 def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
@@ -321,7 +330,7 @@ def _does_not_fit(name, message, memory, hbm, args, fsdp) -> str:
         if sizes:
             temps = ", ".join(f"{z} {sh}" for z, sh in zip(sizes[:3], shapes[:3], strict=False))
             need += f" (largest temporaries: {temps})"
-        state_heavy = False
+        state_heavy = _per_chip_bytes(args) > hbm / 2
     if state_heavy and fsdp == 1:
         fix = "shard parameters and optimizer state with FSDP (--mesh data,fsdp,model)"
     elif state_heavy:
