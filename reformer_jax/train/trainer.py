@@ -37,8 +37,10 @@ from reformer_jax.train import sharding as shd
 from reformer_jax.train.metrics import MetricWriter
 from reformer_jax.train.optimizer import make_optimizer, make_schedule
 
-# Settings that must match to resume in an existing workdir (the rest may change).
-RESUME_KEYS = ("model", "optimizer", "seed", "batch_size", "data")
+# Settings that must match to resume in an existing workdir (the rest may change). The model is
+# compared resolved (every field, defaults filled in), not as the config file spelled it: a run
+# whose file listed a few fields resumes under train.py, which records every field.
+RESUME_KEYS = ("optimizer", "seed", "batch_size", "data")
 
 
 class TrainingError(RuntimeError):
@@ -89,7 +91,8 @@ def _jsonable(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ReformerConfig:
     values = dict(config.model.to_dict())
-    values.setdefault("vocab_size", vocab_size)
+    if values.get("vocab_size") is None:  # absent or an empty placeholder: the data's
+        values["vocab_size"] = vocab_size
     cfg = ReformerConfig.from_dict(values)
     if cfg.vocab_size < vocab_size:
         raise ValueError(
@@ -103,11 +106,13 @@ def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> Reforme
 def _check_workdir(workdir: epath.Path, record: dict[str, Any]) -> bool:
     """True when the workdir holds a compatible run to resume; raises when incompatible."""
     config_path = workdir / "config.json"
+    if workdir.exists() and not workdir.is_dir():
+        raise TrainingError(f"--workdir {workdir} is a file; pass a new or empty directory")
     if not config_path.exists():
-        if workdir.exists() and any(p.name == "checkpoints" for p in workdir.iterdir()):
+        if workdir.exists() and any(workdir.iterdir()):
             raise TrainingError(
-                f"{workdir} holds checkpoints but no config.json: refusing to touch it; use "
-                "another --workdir"
+                f"--workdir {workdir} is not empty and holds no run (no config.json): refusing "
+                "to write into it; pass a new or empty directory"
             )
         return False
     previous = json.loads(config_path.read_text())
@@ -430,8 +435,8 @@ def train_and_evaluate(
         workdir, keep=config.keep_checkpoints, save_every=config.checkpoint_every
     )
     start_step = 0
+    restored = None
     if resuming and checkpointer.latest_step() is not None:
-        start_step = checkpointer.latest_step()
         params_target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             abstract_params,
@@ -442,7 +447,10 @@ def train_and_evaluate(
             abstract_opt,
             opt_sharding,
         )
-        params, opt_state, _ = checkpointer.restore(start_step, params_target, opt_target)
+        # Falls back past damaged steps (moved aside, one line each); raises if none loads.
+        restored = checkpointer.restore_latest_good(params_target, opt_target, log=_log)
+    if restored is not None:
+        start_step, params, opt_state, _ = restored
         _log(f"resumed from step {start_step} in {workdir}")
     else:
         params = jax.jit(init_params, out_shardings=param_sharding)()
