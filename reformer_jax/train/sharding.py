@@ -121,8 +121,9 @@ def _divisible(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batches ``[B, L]`` split over the data-parallel axes (``data`` and ``fsdp``)."""
-    return NamedSharding(mesh, P(BATCH_AXES, None))
+    """Arrays with a leading batch axis (``[B, ...]`` batches, a task's carry) split over the
+    data-parallel axes (``data`` and ``fsdp``)."""
+    return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
