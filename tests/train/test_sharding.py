@@ -51,5 +51,5 @@ def test_fsdp_shards_the_embed_dimension_of_parameters_and_batches():
     block = shardings["blocks"][1]
     assert block["attention"]["qk"]["kernel"].get_value().spec == P(None, "fsdp", "model")
     assert block["feedforward"]["dense_out"]["kernel"].get_value().spec == P(None, "model", "fsdp")
-    assert shd.batch_sharding(mesh).spec == P(("data", "fsdp"), None)
+    assert shd.batch_sharding(mesh).spec == P(("data", "fsdp"))
     assert shd.data_parallel_size(mesh) == 4
