@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bench import results_json
 from bench.attention import Series
 from bench.machine import machine_info
 from reformer_jax.layers.attention import KINDS
@@ -392,7 +393,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=Path("runs/approximation"))
     p.add_argument("--corpus", type=Path, default=None, help="text file/dir (default: pydoc)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--from-json", type=Path, default=None, help="print the table of a JSON")
+    p.add_argument(
+        "--from-json", type=results_json, default=None, help="print the table of a results JSON"
+    )
     # The model (trained at the longest length).
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--eval-every", type=int, default=100)
