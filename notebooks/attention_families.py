@@ -327,10 +327,12 @@ for name, entry in crossover.items():
 #   tokens into every key (the kind refuses `causal=True` and decoding). Local, the sparse
 #   patterns, LSH and Performer all decode with a cache.
 # * **Short sequences: full attention** is exact, and the approximations only pay off once the
-#   `L x L` matrix dominates. On this CPU that is early: at 1K tokens every family already costs
-#   less than full attention (0.23x for local to 0.92x for BigBird) except LSH with 4 hash
-#   rounds (a tie at about 1K); from 2K all cost at most about half of it, and full attention's
-#   memory (768 MiB at 1K, 49 GiB at 64K for this batch) is what runs out first.
+#   `L x L` matrix dominates. On this CPU that is early: the crossovers (CPU time, combining
+#   the 1K-64K sweep with a second one at 256 and 512 tokens; `docs/benchmarks.md`) lie at about
+#   256 tokens for local attention and the fixed pattern, 280 for LSH with one round, 300 for
+#   Linformer, 450 for Longformer and strided, 520 for Star, 800 for Performer, 930 for BigBird
+#   and 1,050 for LSH with 4 rounds; from 2K all cost at most about half of full attention, and
+#   full attention's memory (768 MiB at 1K, 49 GiB at 64K for this batch) runs out first.
 # * **Local information (text, audio, pixels in raster order)?** Local attention: the cheapest
 #   per token (6-8 µs), exact inside its window, and its error falls as the window grows (chunk
 #   16 / 32 / 64: 0.65 / 0.53 / 0.34 at 512 tokens). Longformer is the same band per token plus
