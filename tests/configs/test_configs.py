@@ -17,6 +17,7 @@ NAMES = [
     "enwik8",
     "enwik8_small",
     "imagenet64",
+    "scaled_1b",
     "text",
     "text_performer",
     "text_sparse",
