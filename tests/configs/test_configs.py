@@ -11,7 +11,16 @@ from reformer_jax.train import train_and_evaluate
 from reformer_jax.train.trainer import validate_train_config
 from tests.data.checks import random_images, write_image_tar
 
-NAMES = ["classify_tiny", "duplication", "enwik8", "enwik8_small", "imagenet64", "text", "tiny"]
+NAMES = [
+    "classify_tiny",
+    "duplication",
+    "enwik8",
+    "enwik8_small",
+    "imagenet64",
+    "scaled_1b",
+    "text",
+    "tiny",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -14,14 +14,16 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from configs import tiny
 from reformer_jax.checkpoint import load_model_from_workdir
 from reformer_jax.data import Batch, get_source
 from reformer_jax.model import ReformerLM
 from reformer_jax.train import run_main, train_and_evaluate
+from reformer_jax.train import sharding as shd
 from reformer_jax.train.sharding import make_mesh
-from reformer_jax.train.trainer import evaluate, hash_table
+from reformer_jax.train.trainer import _model_config, build_train_step, evaluate, hash_table
 from tests.data.checks import random_images, write_image_tar
 from tests.model_utils import tiny_config
 
@@ -181,6 +183,39 @@ def test_eight_device_mesh_matches_one_device(tmp_path):
     train_and_evaluate(config, tmp_path / "eight")
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
     np.testing.assert_allclose([b[s] for s in (1, 2, 3)], [a[s] for s in (1, 2, 3)], atol=1e-5)
+
+
+def test_fsdp_mesh_matches_one_device_and_shards_parameters(tmp_path):
+    """Catches an FSDP step that computes a different loss (wrong gradient reduction over the
+    fsdp axis, rows seen twice) or that silently keeps parameters and Adam moments replicated."""
+    config = tiny.get_config()
+    config.num_steps = 3
+    config.model.n_heads = 2
+    config.mesh_shape = (1, 1)
+    train_and_evaluate(config, tmp_path / "one")
+    config.mesh_shape = (1, 4, 2)  # data x fsdp x model
+    train_and_evaluate(config, tmp_path / "fsdp")
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "fsdp")
+    np.testing.assert_allclose([b[s] for s in (1, 2, 3)], [a[s] for s in (1, 2, 3)], atol=1e-5)
+
+    # The arrays the step produces are split, not only annotated.
+    mesh = shd.make_mesh(config.mesh_shape)
+    model_cfg = _model_config(config, config.model.vocab_size)
+    parts = build_train_step(config, model_cfg, mesh)
+    params = jax.jit(
+        lambda: nnx.state(ReformerLM(model_cfg, rngs=nnx.Rngs(0)), nnx.Param),
+        out_shardings=parts.param_sharding,
+    )()
+    opt_state = jax.jit(parts.tx.init, out_shardings=parts.opt_sharding)(params)
+    batch = np.zeros((config.batch_size, config.seq_len), np.int32)
+    batch = {"inputs": batch, "targets": batch, "weights": np.ones(batch.shape, np.float32)}
+    params, opt_state, _ = parts.step(params, opt_state, shd.global_batch(batch, mesh), 0)
+    kernel = params["blocks"][0]["feedforward"]["dense_in"]["kernel"].get_value()
+    assert kernel.sharding.spec == P(None, "fsdp", "model")
+    full = kernel.shape
+    assert kernel.addressable_shards[0].data.shape == (full[0], full[1] // 4, full[2] // 2)
+    moments = [x for x in jax.tree.leaves(opt_state) if getattr(x, "shape", ()) == full]
+    assert moments and all(m.sharding.spec == kernel.sharding.spec for m in moments)
 
 
 def test_resume_on_a_different_mesh(tmp_path):
