@@ -226,8 +226,7 @@ def test_accumulated_step_equals_the_full_batch_gradient_with_unequal_token_coun
     [
         ("adam", "constant", 2, 0.1),
         ("adam", "rsqrt", 2, 0.0),
-        # ~20 s of CPU (the factored statistics compile slowly).
-        pytest.param("adafactor", "cosine", 2, 0.1, marks=pytest.mark.slow),
+        ("adafactor", "cosine", 2, 0.1),
     ],
 )
 def test_optimizer_steps_equal_plain_optax(optimizer, schedule, warmup, weight_decay):
