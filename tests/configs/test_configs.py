@@ -19,6 +19,8 @@ NAMES = [
     "imagenet64",
     "scaled_1b",
     "text",
+    "text_performer",
+    "text_sparse",
     "tiny",
 ]
 
