@@ -11,7 +11,7 @@ import pathlib
 import sys
 
 import ml_collections
-from absl import app, flags, logging
+from absl import flags, logging
 
 from configs.common import base_config
 from reformer_jax.runtime import configure_xla
@@ -21,6 +21,7 @@ from reformer_jax.train.command_line import (
     config_path_in,
     define_config_flag,
     load_config_file,
+    run_absl,
     set_config_default,
     unknown_override,
 )
@@ -85,4 +86,4 @@ if __name__ == "__main__":
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     set_config_default(DEFAULT_CONFIG)
-    app.run(main)
+    run_absl(main)

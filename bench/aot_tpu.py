@@ -583,7 +583,7 @@ if __name__ == "__main__":
     # Only compiling: no chip is opened, so several compiles may share libtpu (its lockfile
     # otherwise allows one process per machine).
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    from absl import app
+    from reformer_jax.train.command_line import run_absl
 
     _define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    run_absl(lambda argv: sys.exit(main(argv)))

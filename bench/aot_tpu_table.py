@@ -5,6 +5,7 @@ python -m bench.aot_tpu_table bench/results/aot_tpu_*.json
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import sys
@@ -51,7 +52,13 @@ HEADER = (
 )
 
 
-def main(paths: list[str]) -> None:
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.aot_tpu_table",
+        description="Print docs/pods.md's table from bench.aot_tpu --json results.",
+    )
+    parser.add_argument("paths", nargs="+", help="JSON lists written by bench.aot_tpu --json")
+    paths = parser.parse_args(argv).paths
     records = [r for p in paths for r in json.loads(pathlib.Path(p).read_text())]
     print(HEADER)
     for record in records:

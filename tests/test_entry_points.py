@@ -27,11 +27,14 @@ ENTRY_POINTS = [
         ["-m", f"bench.{name}", "--help"]
         for name in (
             "ablations",
+            "aot_tpu",
+            "aot_tpu_table",
             "approximation",
             "attention",
             "duplication_table",
             "generate",
             "lra",
+            "machine",
             "memory_scaling",
             "model_memory",
             "peers",
@@ -115,9 +118,11 @@ def test_sample_after_training_is_clean(tmp_path):
 
 
 def test_train_help_lists_the_config_flag_and_how_to_override():
-    """Bug caught: --help showed train.py's other flags but not --config (defined inside
-    ml_collections), so a user could not learn how to override a setting."""
+    """Bugs caught: --help showed train.py's other flags but not --config (defined inside
+    ml_collections), so a user could not learn how to override a setting; --help exited with
+    status 1 (absl's), a failure to scripts."""
     proc = _run(["train.py", "--help"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--config: Training configuration file" in proc.stdout, proc.stdout[-2000:]
     assert "reformer_jax/config.py" in proc.stdout and "configs/common.py" in proc.stdout
     assert not _noise(proc.stderr), proc.stderr[-2000:]

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import pathlib
 import re
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -213,3 +214,23 @@ def set_config_default(
     default: str, name: str = "config", *, flag_values: flags.FlagValues = flags.FLAGS
 ) -> None:
     flag_values.set_default(name, default)
+
+
+# absl's help flags print the usage and then exit with status 1, which scripts and shells read
+# as a failure; asking for help is not one.
+_HELP_FLAGS = ("--help", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def run_absl(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
+    """``absl.app.run(main)``, except that a help flag (``--help`` ...) exits with status 0."""
+    from absl import app
+
+    argv = list(sys.argv if argv is None else argv)
+    args = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+    asked_for_help = any(arg in _HELP_FLAGS for arg in args)
+    try:
+        app.run(main, argv=argv)
+    except SystemExit as exit_:
+        if asked_for_help and exit_.code == 1:
+            sys.exit(0)
+        raise
