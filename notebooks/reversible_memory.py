@@ -239,7 +239,7 @@ for kind in KINDS:
 #
 # In float64 the reconstruction `x2 = y2 - G(y1)`, `x1 = y1 - F(x2)` is exact to rounding, so
 # the custom backward pass must agree with differentiating the ordinary stack. The check uses
-# all three attention kinds, hidden dropout (both passes replay the same dropout keys) and LSH
+# full, local and LSH attention, hidden dropout (both passes replay the same dropout keys) and LSH
 # (both use the same rotations; the reversible backward reuses the forward's bucket ids).
 
 

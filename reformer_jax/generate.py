@@ -5,7 +5,8 @@ pass over the prompt that fills a fixed-size cache per layer, then a ``lax.while
 *decode steps*, each feeding one token per row through the reversible stack and attending to
 the cache instead of re-running the sequence. Each attention kind's cache lives in its own
 module of :mod:`reformer_jax.decoding` (full: K/V of every position; local: a ring of the band;
-LSH: per-round bucket tables; see ``docs/sampling.md``). This module keeps the historical import
+LSH: per-round bucket tables; sparse: K/V read through the pattern's key positions; Performer:
+running sums; see ``docs/sampling.md``). This module keeps the historical import
 path (``from reformer_jax import generate as gen``) working.
 """
 

@@ -4,9 +4,10 @@
   validation (each attention kind's ``decode_check``);
 * :mod:`.cache`: the functional cache pytree (:class:`Cache`, batch-first arrays per layer plus
   the layers' random draws);
-* :mod:`.full`, :mod:`.local`, :mod:`.lsh`: the cache of each attention kind (what a prefill
-  stores and how a decode step attends to it), called by the kinds' ``prefill`` / ``step``
-  hooks (:mod:`reformer_jax.layers.kinds`);
+* :mod:`.full`, :mod:`.local`, :mod:`.lsh`, :mod:`.sparse`, :mod:`.performer`: the cache of
+  each attention kind that decodes (what a prefill stores and how a decode step attends to it),
+  called by the kinds' ``prefill`` / ``step`` hooks (:mod:`reformer_jax.layers.kinds`;
+  Linformer refuses: it is not causal);
 * :mod:`.stack`: the prompt and one new token through the reversible stack;
 * :mod:`.sampling`: logits filters and the sampler; :mod:`.loop`: the public entry points
   (``generate``, ``prefill``, ``decode_step``, ``decode_logits``, ``lower_generate``).

@@ -1,11 +1,11 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
-One jitted step with explicit shardings over a ``(data, model)`` mesh, donated state, a per-step
-PRNG key derived from (seed, step), gradient accumulation over micro-batches, periodic
-evaluation, asynchronous orbax checkpoints with exact resume, and metrics to JSON lines,
-TensorBoard and a progress bar. What is optimised and reported, and any state carried from step
-to step, belong to the task (`reformer_jax.train.tasks`, chosen by ``config.task``); tasks with a
-``best_metric`` keep their best validation checkpoint and report its test metrics at the end.
+One jitted step with explicit shardings over a ``(data, model)`` or ``(data, fsdp, model)`` mesh,
+donated state, a per-step PRNG key derived from (seed, step), gradient accumulation over
+micro-batches, periodic evaluation, asynchronous orbax checkpoints with exact resume, and metrics to
+JSON lines, TensorBoard and a progress bar. What is optimised and reported, and any state carried
+from step to step, belong to the task (`reformer_jax.train.tasks`, chosen by ``config.task``); tasks
+with a ``best_metric`` keep their best validation checkpoint and report its test metrics at the end.
 """
 
 from __future__ import annotations
