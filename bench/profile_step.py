@@ -73,8 +73,12 @@ def markdown(seconds: dict[str, float], step_s: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="/tmp/reformer_jax_step_profile")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Every other argument is bench.train_step's (--len, --layers, --attn, ...; see "
+        "python -m bench.train_step --help).",
+    )
+    parser.add_argument("--out", default="/tmp/reformer_jax_step_profile", help="trace and HLO")
     args, step_args = parser.parse_known_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
