@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from reformer_jax.data.examples import ExampleSource
-from reformer_jax.data.tfds_split import open_tfds
+from reformer_jax.data.tfds_split import open_tfds, select_splits
 
 __all__ = ["ARCHIVE", "Cifar10", "grayscale", "read_binary_archive"]
 
@@ -110,10 +110,7 @@ class Cifar10(ExampleSource):
                 "binary version) in a directory passed as manual_dir, or run `tfds build "
                 f"{TFDS_NAME} --file_format=array_record --data_dir=<data_dir>`"
             )
-        missing = [s for s in ("train", "test") if s not in examples]
-        if missing:
-            raise ValueError(f"examples lacks the split(s) {missing} (has {sorted(examples)})")
-        self._source = {"train": examples["train"], "test": examples["test"]}
+        self._source = select_splits(examples, ("train", "test"))
         n_train = math.floor(0.9 * len(self._source["train"]))  # LRA: train[:90%].
         self._ranges = {
             "train": ("train", 0, n_train),

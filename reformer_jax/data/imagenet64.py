@@ -51,6 +51,7 @@ from tensorflow_datasets.datasets.downsampled_imagenet import (
 )
 
 from reformer_jax.data.base import SourceBase, lm_batch, step_rng
+from reformer_jax.data.tfds_split import select_splits
 from reformer_jax.paths import as_path
 
 __all__ = ["IMAGE_SHAPE", "MANUAL_FILES", "TFDS_NAME", "ImageNet64", "TarPreparer", "flatten"]
@@ -147,10 +148,7 @@ class ImageNet64(SourceBase):
         if examples is None:
             data_dir = None if data_dir is None else os.fspath(data_dir)
             examples = self._open_tfds(data_dir, manual_dir)
-        missing = [s for s in self.splits if s not in examples]
-        if missing:
-            raise ValueError(f"examples lacks the split(s) {missing} (has {sorted(examples)})")
-        self._examples = {s: examples[s] for s in self.splits}
+        self._examples = select_splits(examples, self.splits)
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
 
     @staticmethod

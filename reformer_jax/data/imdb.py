@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from reformer_jax.data.examples import BYTE_VOCAB_SIZE, ExampleSource, byte_tokens
-from reformer_jax.data.tfds_split import open_tfds
+from reformer_jax.data.tfds_split import open_tfds, select_splits
 
 __all__ = ["ARCHIVE", "TFDS_NAME", "IMDb", "read_acl_imdb"]
 
@@ -109,10 +109,7 @@ class IMDb(ExampleSource):
                 "sentiment/) in a directory passed as manual_dir, or run `tfds build "
                 f"{TFDS_NAME} --file_format=array_record --data_dir=<data_dir>`"
             )
-        missing = [s for s in ("train", "test") if s not in examples]
-        if missing:
-            raise ValueError(f"examples lacks the split(s) {missing} (has {sorted(examples)})")
-        self._source = {"train": examples["train"], "test": examples["test"]}
+        self._source = select_splits(examples, ("train", "test"))
         n = len(self._source["train"])
         if not 0 <= validation_size < n:
             raise ValueError(

@@ -1,10 +1,11 @@
 """Opening TFDS datasets by random access (``tfds.data_source``), with a one-line error naming
-what to place where when they are not prepared. Shared by the LRA Text and Image sources."""
+what to place where when they are not prepared, and checking the splits of given examples.
+Shared by the LRA Text and Image sources and imagenet64."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -25,3 +26,11 @@ def open_tfds(
     except Exception:  # noqa: BLE001 - TFDS raises several types for "not prepared".
         return None
     return dict(zip(splits, sources, strict=True))
+
+
+def select_splits(examples: Mapping[str, Any], splits: Sequence[str]) -> dict[str, Any]:
+    """``{split: examples[split]}`` for ``splits``; a one-line error names the missing ones."""
+    missing = [s for s in splits if s not in examples]
+    if missing:
+        raise ValueError(f"examples lacks the split(s) {missing} (has {sorted(examples)})")
+    return {s: examples[s] for s in splits}
