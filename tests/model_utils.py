@@ -1,6 +1,10 @@
 """Small model configurations and helpers shared by the model tests."""
 
+import functools
+
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from reformer_jax.config import ReformerConfig
@@ -32,3 +36,18 @@ def loss_and_grads(model: ReformerLM, tokens, dropout_rng=None, **kwargs):
         return lm_loss(m(tokens, dropout_rng=dropout_rng, **kwargs), tokens)[0]
 
     return jax.jit(jax.value_and_grad(loss))(state)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef, state, tokens):
+    return nnx.merge(graphdef, state)(tokens)
+
+
+def forward(model: ReformerLM, tokens) -> jax.Array:
+    """``model(tokens)`` (jitted, evaluation mode)."""
+    return _forward(*nnx.split(model), jnp.asarray(tokens))
+
+
+def random_tokens(cfg: ReformerConfig, shape, seed: int = 0) -> np.ndarray:
+    # numpy, not jax.random: eager threefry programs cost compile time in every fresh process
+    return np.random.default_rng(seed).integers(0, cfg.vocab_size, shape).astype(np.int32)

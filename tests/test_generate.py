@@ -21,24 +21,9 @@ from reformer_jax import kernels
 from reformer_jax.layers.attention import layer_rotations
 from reformer_jax.model import ReformerLM, lm_loss
 from tests.helpers import binomial_bound
-from tests.model_utils import tiny_config
+from tests.model_utils import forward, random_tokens, tiny_config
 
 ATOL = 1e-4
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, state, tokens):
-    return nnx.merge(graphdef, state)(tokens)
-
-
-def forward(model, tokens):
-    """``model(tokens)`` (jitted, evaluation mode)."""
-    return _forward(*nnx.split(model), jnp.asarray(tokens))
-
-
-def random_tokens(cfg, shape, seed=0):
-    # numpy, not jax.random: eager threefry programs cost compile time in every fresh process
-    return np.random.default_rng(seed).integers(0, cfg.vocab_size, shape).astype(np.int32)
 
 
 @pytest.fixture(scope="module")

@@ -7,32 +7,15 @@ run's length (the plan of a forward pass over that many tokens); Performer layer
 O(features x d_head) running sums of the causal prefix.
 """
 
-import functools
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from reformer_jax import generate as gen
 from reformer_jax.model import ReformerLM
-from tests.model_utils import tiny_config
+from tests.model_utils import forward, random_tokens, tiny_config
 
 ATOL = 1e-4
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, state, tokens):
-    return nnx.merge(graphdef, state)(tokens)
-
-
-def forward(model, tokens):
-    return _forward(*nnx.split(model), jnp.asarray(tokens))
-
-
-def tokens_for(cfg, shape, seed=0):
-    return np.random.default_rng(seed).integers(0, cfg.vocab_size, shape).astype(np.int32)
 
 
 # Small blocks so that, at 32 tokens, every pattern's sparsity shows (keys outside the window,
@@ -56,7 +39,7 @@ def test_sparse_cached_logits_equal_forward(pattern):
         attention_pattern=("sparse", "local"), sparse_pattern=pattern, **SPARSE[pattern]
     )
     model = ReformerLM(cfg, rngs=nnx.Rngs(1))
-    tokens = tokens_for(cfg, (2, 32), seed=2)
+    tokens = random_tokens(cfg, (2, 32), seed=2)
     cached = gen.decode_logits(model, tokens, prompt_length=6)
     np.testing.assert_allclose(cached, forward(model, tokens), atol=ATOL)
 
@@ -73,7 +56,7 @@ def test_performer_cached_logits_equal_forward_with_rows_at_different_positions(
         sparse_block_len=4,
     )
     model = ReformerLM(cfg, rngs=nnx.Rngs(2))
-    tokens = tokens_for(cfg, (2, 32), seed=3)
+    tokens = random_tokens(cfg, (2, 32), seed=3)
     full = forward(model, tokens)
     np.testing.assert_allclose(gen.decode_logits(model, tokens, prompt_length=7), full, atol=ATOL)
     logits, cache = gen.prefill(model, tokens[:, :8], prompt_lengths=[8, 5], max_length=32)
@@ -99,7 +82,7 @@ def test_generate_with_new_kinds_equals_the_uncached_reference():
         performer_n_features=8,
     )
     model = ReformerLM(cfg, rngs=nnx.Rngs(3))
-    prompts = [list(tokens_for(cfg, (9,), seed=4)), list(tokens_for(cfg, (4,), seed=5))]
+    prompts = [list(random_tokens(cfg, (9,), seed=4)), list(random_tokens(cfg, (4,), seed=5))]
     kw = dict(max_new_tokens=6, greedy=True)
     cached = gen.generate(model, prompts, **kw)
     uncached = gen.generate(model, prompts, use_cache=False, **kw)
