@@ -17,13 +17,11 @@ from configs.common import base_config
 from reformer_jax.runtime import configure_xla
 from reformer_jax.train import run_main
 from reformer_jax.train.command_line import (
+    check_command_line,
     complete_config,
-    config_path_in,
     define_config_flag,
-    load_config_file,
     run_absl,
     set_config_default,
-    unknown_override,
 )
 
 _ROOT = pathlib.Path(__file__).resolve().parent
@@ -71,17 +69,8 @@ def main(argv: list[str]) -> None:
     )
 
 
-def check_command_line(argv: list[str]) -> str | None:
-    """One line on a config file that does not load or an override naming no setting."""
-    try:
-        config = load_config_file(config_path_in(argv, DEFAULT_CONFIG), _complete)
-    except ValueError as err:
-        return str(err)
-    return unknown_override(config, argv)
-
-
 if __name__ == "__main__":
-    problem = check_command_line(sys.argv[1:])
+    problem = check_command_line(sys.argv[1:], DEFAULT_CONFIG, _complete)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -413,7 +413,13 @@ def run(
     from reformer_jax.train import sharding as shd
     from reformer_jax.train.trainer import _model_config, build_train_step
 
-    devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+    try:
+        devices = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+    except jax.errors.JaxRuntimeError as err:  # libtpu's message is a multi-line status
+        raise ValueError(
+            f"--topology {topology}: {str(err).splitlines()[0]}; give a TPU generation and "
+            "shape, e.g. v5e:4x4, v5p:2x4x4, v6e:8x8"
+        ) from None
     chip = chip_of(devices[0])
     hbm, peak = CHIPS[chip]
     config.mesh_shape = tuple(mesh_shape)
@@ -563,11 +569,21 @@ def _append(json_path: str, record: dict[str, Any]) -> None:
     path.write_text(json.dumps([*records, record], indent=1) + "\n")
 
 
+def _complete(config: Any) -> Any:
+    # Every ReformerConfig field and training setting can be overridden, as in train.py.
+    from configs.common import base_config
+    from reformer_jax.train.command_line import complete_config
+
+    return complete_config(config, train_defaults=base_config())
+
+
 def _define_flags() -> None:
     from absl import flags
-    from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Training configuration file.")
+    from reformer_jax.train.command_line import define_config_flag
+
+    define_config_flag(_complete)
+    flags.declare_key_flag("config")  # list it in --help with the flags below
     flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:4x4, v5p:2x4x4, v6e:8x8.")
     flags.DEFINE_string("mesh", None, "data,model or data,fsdp,model (default: the config's).")
     flags.DEFINE_float("mfu", 0.4, "Assumed model FLOPs utilisation for the projection.")
@@ -583,7 +599,11 @@ if __name__ == "__main__":
     # Only compiling: no chip is opened, so several compiles may share libtpu (its lockfile
     # otherwise allows one process per machine).
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    from reformer_jax.train.command_line import run_absl
+    from reformer_jax.train.command_line import check_command_line, run_absl
 
+    problem = check_command_line(sys.argv[1:], None, _complete)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     _define_flags()
     run_absl(lambda argv: sys.exit(main(argv)))

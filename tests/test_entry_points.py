@@ -1,6 +1,7 @@
 """The entry points as a user runs them: they start (with XLA's flags applied before JAX starts;
 configure_xla raises otherwise), print no library noise, and answer bad input in one line."""
 
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -126,3 +127,22 @@ def test_train_help_lists_the_config_flag_and_how_to_override():
     assert "--config: Training configuration file" in proc.stdout, proc.stdout[-2000:]
     assert "reformer_jax/config.py" in proc.stdout and "configs/common.py" in proc.stdout
     assert not _noise(proc.stderr), proc.stderr[-2000:]
+
+
+def test_aot_tpu_takes_train_overrides():
+    """Bugs caught: bench.aot_tpu loaded its config without train.py's completion, so a setting
+    the config file does not list (e.g. --config.model.hidden_dropout on tiny.py) could not be
+    overridden and a misspelt one ended in an ml_collections traceback; a bad --topology ended
+    in libtpu's traceback."""
+    base = ["-m", "bench.aot_tpu", "--config", "configs/tiny.py", "--topology", "nope"]
+    misspelt = _run([*base, "--config.model.hiden_dropout=0.1"])
+    assert misspelt.returncode == 2
+    lines = [line for line in misspelt.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "--config.model.hidden_dropout" in lines[0], misspelt.stderr
+    if importlib.util.find_spec("libtpu") is None:
+        return  # the rest needs the TPU compiler to describe topologies
+    # An unlisted setting is accepted: the run gets as far as the (invalid) topology.
+    unlisted = _run([*base, "--config.model.hidden_dropout=0.1"])
+    assert unlisted.returncode == 1 and "Traceback" not in unlisted.stderr, unlisted.stderr
+    lines = [line for line in unlisted.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: --topology nope"), unlisted.stderr

@@ -139,6 +139,27 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
+def check_command_line(
+    argv: Sequence[str],
+    default: str | None,
+    complete: Callable[[ml_collections.ConfigDict], Any],
+    name: str = "config",
+) -> str | None:
+    """One line on a config file that does not load or an override naming no setting, else None.
+
+    ``default``: the config file when ``argv`` names none (None: nothing to check, e.g. a required
+    flag that absl reports itself).
+    """
+    path = config_path_in(argv, default, name)
+    if path is None:
+        return None
+    try:
+        config = load_config_file(path, complete)
+    except ValueError as err:
+        return str(err)
+    return unknown_override(config, argv, name)
+
+
 class _CompletingParser(ConfigFileFlagParser):
     """Loads a config file like ml_collections, then completes it (see :func:`complete_config`)."""
 
@@ -171,7 +192,7 @@ def load_config_file(path: str, complete: Callable[[ml_collections.ConfigDict], 
     return config
 
 
-def config_path_in(argv: Sequence[str], default: str, name: str = "config") -> str:
+def config_path_in(argv: Sequence[str], default: str | None, name: str = "config") -> str | None:
     """The value of ``--<name>`` in ``argv`` (``--config x`` or ``--config=x``), else default."""
     for i, arg in enumerate(argv):
         if arg in (f"-{name}", f"--{name}") and i + 1 < len(argv):
