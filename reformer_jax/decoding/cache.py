@@ -20,8 +20,9 @@ class Cache:
     """The decoding state of every layer (a pytree; ``spec`` is static).
 
     ``layers[i]`` is layer ``i``'s cache, a dict of arrays whose first axis is the batch (what
-    each kind stores is documented in its module: :mod:`.full`, :mod:`.local`, :mod:`.lsh`).
-    ``draws[i]`` is the layer's random draw (LSH rotations; None for kinds without one), fixed
+    each kind stores is documented in its module: :mod:`.full`, :mod:`.local`, :mod:`.lsh`,
+    :mod:`.sparse`, :mod:`.performer`). ``draws[i]`` is the layer's random draw (LSH rotations,
+    Performer features; None for kinds without one), fixed
     for the whole run and shared by the rows.
     """
 
