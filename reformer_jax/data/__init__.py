@@ -9,8 +9,14 @@
 * ``imagenet64``: `imagenet64.ImageNet64`, TFDS ``downsampled_imagenet/64x64`` as 12288 sub-pixel
   tokens; vocab 256; splits train, validation (= eval).
 
-Long Range Arena classification sources (they yield `classification.ClassificationBatch`; common
-batching in `examples.ExampleSource`; splits train, validation (= eval), test):
+Classification sources (``config.task = "classification"``) yield
+`classification.ClassificationBatch` batches and also expose ``num_classes`` and ``paired``; splits
+train, validation (= eval), test:
+
+* ``contains_token``: `synthetic_classes.ContainsToken`, "does the document contain token 1"
+  (tests and smoke runs).
+
+The Long Range Arena sources (common batching in `examples.ExampleSource`):
 
 * ``listops``: `listops.ListOps`, LRA's ListOps (seeded generator writing / reading LRA's TSVs).
 * ``pathfinder`` / ``pathx``: `pathfinder.Pathfinder` / `pathfinder.PathX`, 32x32 / 128x128
@@ -56,6 +62,8 @@ SOURCES: dict[str, tuple[str, str]] = {
     "text": ("reformer_jax.data.text", "TextFile"),
     "enwik8": ("reformer_jax.data.enwik8", "Enwik8"),
     "imagenet64": ("reformer_jax.data.imagenet64", "ImageNet64"),
+    # Classification (ClassificationBatch; num_classes, paired).
+    "contains_token": ("reformer_jax.data.synthetic_classes", "ContainsToken"),
     # Long Range Arena (classification; `ClassificationBatch` es):
     "listops": ("reformer_jax.data.listops", "ListOps"),
     "pathfinder": ("reformer_jax.data.pathfinder", "Pathfinder"),
