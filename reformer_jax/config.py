@@ -14,7 +14,6 @@ from typing import Any
 
 import jax.numpy as jnp
 
-ATTENTION_KINDS = ("lsh", "local", "full")
 POSITION_KINDS = ("axial", "learned", "sinusoidal", "none")
 ACTIVATIONS = ("relu", "gelu")
 RESIDUAL_KINDS = ("reversible", "standard")
@@ -58,6 +57,35 @@ class ReformerConfig:
     local_chunks_after: int = 0
     local_wrap_around: bool = False  # True reproduces the Trax / HF neighbour lookup.
 
+    # Sparse-pattern attention: "star", "bigbird", "longformer", "strided" or "fixed" (Sparse
+    # Transformer). sparse_block_len: BigBird's block, the stride (strided), the block (fixed);
+    # for star / longformer only the kernel's block size (cost, not result).
+    sparse_pattern: str = "bigbird"
+    sparse_block_len: int = 16
+    sparse_window: int = 16  # longformer: tokens each side
+    sparse_dilation: int = 1  # longformer
+    sparse_global_positions: tuple[int, ...] = ()  # longformer: tokens that see and are seen by all
+    sparse_window_blocks: int = 3  # bigbird
+    sparse_global_blocks: int = 2  # bigbird: the first and the last block
+    sparse_random_blocks: int = 3  # bigbird: a static plan per head from sparse_seed
+    sparse_seed: int = 0
+    sparse_summary_len: int = 4  # fixed: the last c positions of every block are seen by all
+    sparse_dropout: float = 0.0
+
+    # Linformer attention (bidirectional only: needs causal=False). Keys and values projected
+    # along the length to linformer_k rows by projections spanning max_len positions. Sharing:
+    # "none" (per head), "head" (one E and one F per layer), "kv" (E = F per layer), "layer"
+    # (one E = F for every Linformer layer of the model).
+    linformer_k: int = 64
+    linformer_sharing: str = "head"
+    linformer_dropout: float = 0.0
+
+    # Performer (FAVOR+) attention: random features drawn like the LSH rotations (per training
+    # step, fixed for evaluation), orthogonal or i.i.d.; causal prefix sums chunk by chunk.
+    performer_n_features: int = 64
+    performer_orthogonal: bool = True
+    performer_chunk_len: int = 64
+
     # Positions: axial (shape and per-axis dims, dims summing to d_model), learned, sinusoidal.
     pos_embedding: str = "axial"
     axial_shape: tuple[int, ...] = (64, 64)
@@ -91,6 +119,7 @@ class ReformerConfig:
         object.__setattr__(self, "attention_pattern", tuple(self.attention_pattern))
         object.__setattr__(self, "axial_shape", tuple(self.axial_shape))
         object.__setattr__(self, "axial_dims", tuple(self.axial_dims))
+        object.__setattr__(self, "sparse_global_positions", tuple(self.sparse_global_positions))
         if isinstance(self.lsh_n_buckets, list | tuple):
             object.__setattr__(self, "lsh_n_buckets", tuple(int(b) for b in self.lsh_n_buckets))
         self.validate()
@@ -173,11 +202,14 @@ class ReformerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 fail(name, f"must be an integer >= 0, got {value!r}", "set it to 0 or more")
+        # The registry of attention kinds (import here: the layers import this module).
+        from reformer_jax.layers.attention import KINDS
+
         if not self.attention_pattern:
-            fail("attention_pattern", "is empty", 'give at least one of "lsh", "local", "full"')
-        bad = [k for k in self.attention_pattern if k not in ATTENTION_KINDS]
+            fail("attention_pattern", "is empty", f"give at least one of {list(KINDS)}")
+        bad = [k for k in self.attention_pattern if k not in KINDS]
         if bad:
-            fail("attention_pattern", f"unknown kind(s) {bad}", f"use only {list(ATTENTION_KINDS)}")
+            fail("attention_pattern", f"unknown kind(s) {bad}", f"use only {list(KINDS)}")
         if self.n_layers % len(self.attention_pattern):
             fail(
                 "n_layers",
@@ -185,14 +217,8 @@ class ReformerConfig:
                 f"length {len(self.attention_pattern)} {list(self.attention_pattern)}",
                 "make n_layers a multiple of it or change the pattern",
             )
-        nb = self.lsh_n_buckets
-        factors = [nb] if isinstance(nb, int) else list(nb or ())
-        if nb is not None and (not factors or any(f < 2 or f % 2 for f in factors)):
-            fail(
-                "lsh_n_buckets",
-                f"{nb!r} has an odd or < 2 bucket count",
-                "use an even number (or a list of even factors), or None for automatic",
-            )
+        for name, kind in KINDS.items():  # each kind checks its own (prefixed) fields
+            kind.validate(self, name in self.attention_pattern, fail)
         if self.pos_embedding not in POSITION_KINDS:
             fail(
                 "pos_embedding",
@@ -226,6 +252,8 @@ class ReformerConfig:
             "lsh_dropout",
             "local_dropout",
             "full_dropout",
+            "sparse_dropout",
+            "linformer_dropout",
             "ff_dropout",
         ):
             rate = getattr(self, name)

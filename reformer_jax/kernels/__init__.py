@@ -38,6 +38,7 @@ from reformer_jax.kernels.sparse import (
 )
 
 __all__ = [
+    "PerformerState",
     "KeyPositions",
     "PerformerState",
     "SparsePattern",

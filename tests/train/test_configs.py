@@ -11,7 +11,17 @@ from reformer_jax.train import train_and_evaluate
 from reformer_jax.train.trainer import validate_train_config
 from tests.data.test_imagenet64 import _images, _write_tar
 
-NAMES = ["classify_tiny", "duplication", "enwik8", "enwik8_small", "imagenet64", "text", "tiny"]
+NAMES = [
+    "classify_tiny",
+    "duplication",
+    "enwik8",
+    "enwik8_small",
+    "imagenet64",
+    "text",
+    "text_performer",
+    "text_sparse",
+    "tiny",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
