@@ -112,7 +112,12 @@ class ReformerLM(nnx.Module):
         """Logits ``[B, L, vocab]`` for int tokens ``[B, L]`` (arguments: `hidden_states`)."""
         cfg = self.cfg
         h = self.hidden_states(
-            tokens_BL, mask=mask, dropout_rng=dropout_rng, hash_rng=hash_rng, rotations=rotations
+            tokens_BL,
+            mask=mask,
+            dropout_rng=dropout_rng,
+            hash_rng=hash_rng,
+            rotations=rotations,
+            draws=draws,
         )
         if dropout_rng is not None and cfg.hidden_dropout > 0:
             h = dropout(h, cfg.hidden_dropout, jax.random.fold_in(dropout_rng, _HEAD_STREAM))
@@ -126,6 +131,7 @@ class ReformerLM(nnx.Module):
         dropout_rng: jax.Array | None = None,
         hash_rng: jax.Array | None = None,
         rotations: Mapping[int, jax.Array] | None = None,
+        draws: Mapping[int, Any] | None = None,
     ) -> jax.Array:
         """The final LayerNorm's output ``[B, L, D]`` for int tokens ``[B, L]``.
 
