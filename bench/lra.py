@@ -1,17 +1,55 @@
-"""Long Range Arena dashboard: every attention family through the same tasks, beside LRA's tables.
+"""Long Range Arena: every attention family through the same tasks, beside LRA's tables.
 
+    python -m bench.lra [--preset cpu|lra] [--families a,b] [--tasks listops,pathfinder]
     python -m bench.lra --dashboard --from-json bench/results/lra.json [--out-dir docs]
 
-renders ``docs/lra.md`` (tables, PNG plots next to it: ``lra_tradeoff.png``, ``lra_speed.png``,
-``lra_memory.png``) and a self-contained ``docs/lra.html`` (the same tables, sortable by a click
-on a column header; the plots embedded as base64 PNG; no external asset). Rendering needs no JAX.
-The training half (running family x task and writing the JSON below) plugs in through
-`new_results`, `add_accuracy`, `add_speed` and `save_results`; it is not part of this module yet.
+**The harness** (no ``--dashboard``) trains and evaluates every attention family x every task
+of a preset and measures LRA's speed/memory protocol, writing the JSON below after every row
+(``--resume`` keeps an interrupted file's finished rows; ``--merge`` joins files of parallel
+runs). Families are the attention-kind registry (``reformer_jax.layers.attention.KINDS``), never
+a list here: a family that registers a kind gets rows without a change to this module, run with
+its config defaults (its ``<kind>_*`` fields; the shared encoder settings of the preset, e.g.
+windows looking both ways, apply to every kind alike). Every family runs:
 
-Families are never listed here: every family found in the JSON gets a row, in order of first
-appearance (so a family landing later only needs its runs added). The published LRA numbers
-(`LRA_TABLE1`, `LRA_TABLE2`, from the paper's Tables 1 and 2) are matched to a family through
-`LRA_MODEL_NAME`; a family LRA did not run shows "-" in the LRA cells.
+* the same encoder: `reformer_jax.classifier.SequenceClassifier` (bidirectional, learned
+  positions, the preset's size, pooling per task as LRA: CLS, mean for Pathfinder), with only
+  ``attention_pattern`` differing;
+* the same data (the task's source, generated once with a fixed seed into ``--data-dir`` and
+  read back by every family), the same steps, optimiser and seed (``--seed``: parameters, data
+  order, dropout, random draws);
+* the same evaluation: `reformer_jax.train.train_and_evaluate` with the classification task,
+  which keeps the checkpoint of best validation accuracy and reports its test accuracy.
+
+Tasks whose data is absent (Text: TFDS ``imdb_reviews`` in ``<data-dir>/tfds`` or
+``aclImdb_v1.tar.gz`` in ``<data-dir>/manual``; Retrieval: LRA's ``tsv_data`` in
+``<data-dir>/lra_release/tsv_data``; Image: TFDS ``cifar10`` or the archive in
+``<data-dir>/manual``; Path-X: LRA's folder in ``<data-dir>/lra_release``) get "data not present"
+rows saying what to place where; tasks outside the preset get "not run".
+
+Speed and memory (LRA Table 2): the byte-level text classifier (the preset's speed model, CLS
+pooling, vocabulary 257 bytes + CLS) at 1K, 2K, 3K, 4K, 16K and 64K tokens; one training step
+(forward, backward, Adam) compiled ahead of time, its memory from ``memory_analysis()`` (temp +
+arguments + outputs - donated: deterministic, and available without running, so it is the fit
+check: above the preset's budget the row is "out of memory"); timed (median of the preset's
+steps after a warm-up step) up to the preset's longest timed length. The batch is IMDb's when
+present, else synthetic bytes of the same shape (the row's settings say which).
+
+Presets (`PRESETS`): ``cpu`` for this project's shared 2-core machine (see its description:
+model size, steps, examples, lengths), ``lra`` LRA's published per-task sizes (its configs:
+ListOps 6 layers x 512, 5,000 steps of 32 at 2K; Text 4 x 256 at 4K, 20,000 steps; Retrieval
+4 x 128 at 4K; Image 1 x 32; Pathfinder 1 x 32, 200 epochs of 160,000 at batch 512; Table 2 at
+batch 32 with a 16 GiB budget, one TPU v3 core), for an accelerator.
+
+**The dashboard** renders ``docs/lra.md`` (tables, PNG plots next to it: ``lra_tradeoff.png``,
+``lra_speed.png``, ``lra_memory.png``) and a self-contained ``docs/lra.html`` (the same tables,
+sortable by a click on a column header; the plots embedded as base64 PNG; no external asset).
+Rendering needs no JAX. ``--notes FILE`` renders a markdown file as the reading.
+
+Every family found in the JSON gets a row, in order of first appearance. The published LRA
+numbers (`LRA_TABLE1`, `LRA_TABLE2`, from the paper's Tables 1 and 2) are matched to a family
+through the JSON's ``families`` record (the harness writes it: the ``sparse`` family is compared
+with LRA's model of its pattern, BigBird by default) or else `LRA_MODEL_NAME`; a family LRA did
+not run shows "-" in the LRA cells.
 
 ## Results JSON (``schema: "lra-results/1"``)
 
@@ -21,6 +59,10 @@ appearance (so a family landing later only needs its runs added). The published 
   "machine": {...},            # bench/machine.py's machine_info() of the machine that ran it
   "settings": {...},           # shared settings: preset name, model size, optimiser, steps, ...
   "notes": "markdown",         # optional: the reading of the results, rendered under "Reading"
+  "families": {                # optional (the harness writes it): per family, the LRA model its
+    "sparse": {"lra_model": "BigBird",        # rows are compared with, and its own settings
+               "settings": {"sparse_pattern": "bigbird", ...}}
+  },
   "accuracy": [                # one row per (family, task)
     {"family": "lsh", "task": "listops",   # task: one of TASKS' keys
      "status": "ok",           # "ok" | "not run" | "data not present" | "failed" | "out of memory"
@@ -35,7 +77,8 @@ appearance (so a family landing later only needs its runs added). The published 
      "length": 4096, "batch_size": 32,
      "status": "ok",           # "ok" | "out of memory" | "not run" | "failed"
      "steps_per_s": 1.25,      # training steps per second (after compilation)
-     "peak_memory_bytes": 2.4e9,  # peak device memory of the training step
+     "peak_memory_bytes": 2.4e9,  # memory of the compiled training step (memory_analysis);
+                               # also on "out of memory" / "not run" (memory only) rows
      "settings": {...}, "note": "..."}
   ]
 }
@@ -1369,6 +1412,33 @@ def run_harness(
     return results
 
 
+def merge_results(parts: Sequence[dict]) -> dict:
+    """One record from runs of the same preset and seed (e.g. tasks run by parallel processes):
+    the first part's machine and settings, every row (a later part's row replaces an earlier one
+    with the same key), the union of the family records. Differing presets or seeds are refused."""
+    if not parts:
+        raise ValueError("lra merge: nothing to merge")
+    first = parts[0]
+    merged = new_results(first.get("machine", {}), first.get("settings", {}))
+    merged["families"] = {}
+    for part in parts:
+        validate(part)
+        for key in ("preset", "seed"):
+            if part.get("settings", {}).get(key) != first.get("settings", {}).get(key):
+                raise ValueError(
+                    f"lra merge: parts differ in settings.{key}; merge runs of one preset and seed"
+                )
+        for family, record in (part.get("families") or {}).items():
+            merged["families"].setdefault(family, record)
+        for row in part.get("accuracy", []):
+            _replace_row(merged["accuracy"], row, ("family", "task"))
+        for row in part.get("speed", []):
+            _replace_row(merged["speed"], row, ("family", "length"))
+        if part.get("notes"):
+            merged["notes"] = part["notes"]
+    return validate(merged)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.lra",
@@ -1407,6 +1477,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-speed", action="store_true", help="skip the speed/memory protocol")
     parser.add_argument(
         "--resume", action="store_true", help="keep the 'ok' rows of an existing --out"
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="PART",
+        help="merge results files of one preset (e.g. parallel runs) into --out; no training",
     )
     return parser
 
