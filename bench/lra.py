@@ -99,6 +99,7 @@ import html
 import io
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -1510,7 +1511,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.dashboard:
-        results = load_results(args.from_json)
+        try:
+            results = load_results(args.from_json)
+        except (FileNotFoundError, ValueError) as err:  # missing or malformed: one line
+            print(f"error: --from-json {args.from_json}: {err}", file=sys.stderr)
+            return 2
         if args.notes:
             results["notes"] = Path(args.notes).read_text()
         written = write_dashboard(results, args.out_dir)

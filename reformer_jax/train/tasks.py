@@ -81,6 +81,8 @@ def is_better(best_metric: tuple[str, str], new: float, old: float | None) -> bo
 
 
 def _mean(total: Any, weight: Any) -> Any:
+    if isinstance(weight, int | float):  # host sums (evaluation): keep float64
+        return total / max(weight, 1.0)
     return total / jnp.maximum(weight, 1.0)
 
 
@@ -200,7 +202,8 @@ class ClassificationTask:
 def model_config(config: ml_collections.ConfigDict, vocab_size: int, length: int) -> ReformerConfig:
     """``config.model`` as a ReformerConfig covering ``vocab_size`` tokens and ``length``."""
     values = dict(config.model.to_dict())
-    values.setdefault("vocab_size", vocab_size)
+    if values.get("vocab_size") is None:  # absent or an empty placeholder: the task's
+        values["vocab_size"] = vocab_size
     cfg = ReformerConfig.from_dict(values)
     if cfg.vocab_size < vocab_size:
         raise ValueError(
