@@ -216,7 +216,7 @@ def make_task_train_step(task: Task, graphdef, tx, accum: int, seed: int):
         key = jax.random.fold_in(jax.random.key(seed), step)
         hash_key = None
         if getattr(task.model_cfg, "hash_seed", None) is None:
-            hash_key = jax.random.fold_in(key, 2**31 - 3)  # fresh rotations every step
+            hash_key = jax.random.fold_in(key, 2**31 - 3)  # fresh rotations / features every step
         if accum == 1:
             (_, (sums, carry)), grads = grad_fn(params, batch, carry, key, hash_key)
         else:

@@ -279,6 +279,7 @@ def family_reference_logits(model: ReformerLM, tokens):
     return h @ model.head.kernel[...] + model.head.bias[...]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "causal, pattern", [(True, ("sparse", "performer")), (False, ("linformer", "sparse"))]
 )

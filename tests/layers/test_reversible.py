@@ -42,6 +42,7 @@ def test_reversible_gradients_equal_autodiff_with_dropout_and_mixed_pattern(x64)
         assert float(jnp.max(jnp.abs(a - b))) <= 1e-8 * scale
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "causal, pattern",
     [

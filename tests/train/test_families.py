@@ -68,6 +68,7 @@ def test_text_config_learns_in_a_few_hundred_steps(tmp_path, name):
     assert model.cfg.attention_pattern == tuple(config.model.attention_pattern)
 
 
+@pytest.mark.slow
 def test_eight_device_mesh_matches_one_device_with_the_families(tmp_path):
     """Catches sharding rules that break a family (Linformer's replicated projections, the
     model-level shared matrix, per-head Performer features) or draws that differ across
