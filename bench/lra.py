@@ -638,7 +638,12 @@ _SECTIONS = (
         "Training steps per second relative to full attention at the same length (full's own cells "
         "are absolute); LRA's numbers are TPU v3, batch 32, byte-level Text.",
     ),
-    ("Memory (LRA Table 2)", "memory", "Peak memory of one training step."),
+    (
+        "Memory (LRA Table 2)",
+        "memory",
+        "Peak memory of one training step (the harness: the compiled step's memory_analysis, "
+        "temp + arguments + outputs - donated).",
+    ),
     ("Runs", "details", "Every accuracy run."),
 )
 
@@ -1521,14 +1526,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = write_dashboard(results, args.out_dir)
         print("wrote " + ", ".join(str(p) for p in written.values()))
         return 0
-    from reformer_jax.runtime import configure_xla
-
-    configure_xla()
     out = args.out or (
         "bench/results/lra.json"
         if args.preset == "cpu"
         else f"bench/results/lra_{args.preset}.json"
     )
+    if args.merge:
+        save_results(merge_results([load_results(p) for p in args.merge]), out)
+        print(f"wrote {out}")
+        return 0
+    from reformer_jax.runtime import configure_xla
+
+    configure_xla()
     split = lambda s: None if s is None else [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     preset = PRESETS[args.preset]
     if args.lengths:
@@ -1557,6 +1566,14 @@ if __name__ == "__main__":
 
 __all__ = [
     "LRA_MODEL_NAME",
+    "PRESETS",
+    "Preset",
+    "TaskSpec",
+    "lra_model",
+    "lra_model_for",
+    "measure_speed",
+    "merge_results",
+    "run_harness",
     "LRA_TABLE1",
     "LRA_TABLE2",
     "SCHEMA",
