@@ -73,9 +73,9 @@ def data_dir(tmp_path_factory):
 def test_harness_rows_reproducible_and_rendered(two_families, data_dir, tmp_path):
     """Catches: families hard-coded in the harness (the newly registered one must get rows), a
     (family, task) without a row, a missing dataset that crashes the run instead of saying "data
-    not present", unseeded training (a second run must give the same accuracies), accuracy taken
-    from the last instead of the best-validation checkpoint's test evaluation, and a JSON the
-    dashboard cannot render."""
+    not present", unseeded training (a second run must give the same accuracies), families not run
+    through the same encoder and data (full attention under a new name must match full exactly),
+    and a JSON the dashboard cannot render."""
     out = tmp_path / "lra.json"
     results = lra.run_harness(_toy_preset(), out, seed=3, data_dir=data_dir, log=lambda _: None)
     on_disk = lra.load_results(out)  # schema-valid
