@@ -20,6 +20,7 @@ from reformer_jax import generate as gen
 from reformer_jax import kernels
 from reformer_jax.layers.attention import layer_rotations
 from reformer_jax.model import ReformerLM, lm_loss
+from tests.helpers import binomial_bound
 from tests.model_utils import tiny_config
 
 ATOL = 1e-4
@@ -213,7 +214,15 @@ def test_trained_lsh_model_cached_loss_close_to_forward_loss():
     cached_loss = float(lm_loss(cached, held_out)[0])
     print(f"held-out loss: forward {forward_loss:.4f}, cached {cached_loss:.4f}")
     assert forward_loss < np.log(cfg.vocab_size - 1) - 0.3, "the model did not learn"
-    assert abs(cached_loss - forward_loss) < 0.1, (cached_loss, forward_loss)
+    # Not a precision bound: the cached decoder reads LSH as a bucket cache of recent positions
+    # per round, the forward pass as sorted chunks with look-back, so the two attend to slightly
+    # different neighbourhoods (measured gap 0.036 nats). What the model learned over chance,
+    # log(16) - forward (0.47 here), is what a cache that loses context gives back; allow 15%
+    # of it (0.071), twice the measured gap. Subtler cache bugs (a table storing t - 1 instead
+    # of t moves this loss by only 0.05) are caught exactly, at 1e-5, by the two tests above
+    # that compare cached and parallel logits.
+    learned = np.log(cfg.vocab_size - 1) - forward_loss
+    assert abs(cached_loss - forward_loss) < 0.15 * learned, (cached_loss, forward_loss)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,7 +250,10 @@ def test_filter_logits_top_p_and_top_k_on_a_hand_made_distribution():
     sample = jax.jit(functools.partial(gen.sample_logits, top_p=0.71))
     draws = sample(jax.random.key(0), jnp.tile(logits, (20000, 1)))
     freq = np.bincount(np.asarray(draws), minlength=5) / 20000
-    np.testing.assert_allclose(freq, [0, 0.5 / 0.85, 0, 0.2 / 0.85, 0.15 / 0.85], atol=0.015)
+    # Each frequency is a binomial fraction of 20000 draws: within 5 standard deviations
+    # (sqrt(p (1 - p) / n) <= 0.0035, at p = 0.5) of its probability.
+    bound = binomial_bound(20000, 0.5)
+    np.testing.assert_allclose(freq, [0, 0.5 / 0.85, 0, 0.2 / 0.85, 0.15 / 0.85], atol=bound)
 
 
 def test_sample_logits_greedy_and_zero_temperature_are_argmax():
