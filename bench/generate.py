@@ -41,6 +41,8 @@ from flax import nnx
 from bench.machine import machine_info
 from reformer_jax import generate as gen
 from reformer_jax.config import ReformerConfig
+from reformer_jax.decoding import loop
+from reformer_jax.decoding.stack import step_impl
 from reformer_jax.model import ReformerLM
 from reformer_jax.runtime import configure_xla
 
@@ -99,8 +101,8 @@ def _decode_loop(graphdef, state, cache, token, start, *, n):
 
     def body(i, carry):
         cache, token = carry
-        logits, layers = gen._step_impl(model, cache.layers, token, start + i, cache.spec)
-        return gen.Cache(layers, cache.spec), jnp.argmax(logits, -1).astype(jnp.int32)
+        logits, cache = step_impl(model, cache, token, start + i)
+        return cache, jnp.argmax(logits, -1).astype(jnp.int32)
 
     cache, token = jax.lax.fori_loop(0, n, body, (cache, token))
     return token, cache
@@ -125,19 +127,19 @@ def run_context(model, context: int, args, previous: Result | None) -> Result:
     # Cached: the whole generate program (end to end), then its two parts on their own: the
     # prefill, and a loop of ``new`` decode steps continuing from the prefill's cache.
     start = time.perf_counter()
-    args_n, statics = gen._generate_args(model, prompt, max_new_tokens=new, **_GREEDY)
-    compiled_gen = gen._generate_jit.lower(*args_n, **statics).compile()
-    graphdef, state, prompts, lengths, _, rotations = args_n[:6]
+    args_n, statics = loop._generate_args(model, prompt, max_new_tokens=new, **_GREEDY)
+    compiled_gen = loop._generate_jit.lower(*args_n, **statics).compile()
+    graphdef, state, prompts, lengths, _, draws = args_n[:6]
     spec = statics["spec"]
-    compiled_prefill = gen._prefill_jit.lower(
-        graphdef, state, prompts, lengths, rotations, spec=spec, all_logits=False
+    compiled_prefill = loop._prefill_jit.lower(
+        graphdef, state, prompts, lengths, draws, spec=spec, all_logits=False
     ).compile()
-    logits, cache = compiled_prefill(state, prompts, lengths, rotations)  # compiles the loop
+    logits, cache = compiled_prefill(state, prompts, lengths, draws)  # compiles the loop
     first = jnp.argmax(logits, -1).astype(jnp.int32)
     compiled_decode = _decode_loop.lower(graphdef, state, cache, first, lengths, n=new).compile()
     res.compile_s = time.perf_counter() - start
     res.generate_s = _best(lambda: compiled_gen(*args_n[1:]), args.repeats)
-    prefill_args = (state, prompts, lengths, rotations)
+    prefill_args = (state, prompts, lengths, draws)
     res.prefill_s = _best(lambda: compiled_prefill(*prefill_args), args.repeats)
     decode_times = []
     for _ in range(args.repeats):

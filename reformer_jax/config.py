@@ -14,7 +14,6 @@ from typing import Any
 
 import jax.numpy as jnp
 
-ATTENTION_KINDS = ("lsh", "local", "full")
 POSITION_KINDS = ("axial", "learned", "sinusoidal", "none")
 ACTIVATIONS = ("relu", "gelu")
 RESIDUAL_KINDS = ("reversible", "standard")
@@ -173,11 +172,14 @@ class ReformerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 fail(name, f"must be an integer >= 0, got {value!r}", "set it to 0 or more")
+        # The registry of attention kinds (import here: the layers import this module).
+        from reformer_jax.layers.attention import KINDS
+
         if not self.attention_pattern:
-            fail("attention_pattern", "is empty", 'give at least one of "lsh", "local", "full"')
-        bad = [k for k in self.attention_pattern if k not in ATTENTION_KINDS]
+            fail("attention_pattern", "is empty", f"give at least one of {list(KINDS)}")
+        bad = [k for k in self.attention_pattern if k not in KINDS]
         if bad:
-            fail("attention_pattern", f"unknown kind(s) {bad}", f"use only {list(ATTENTION_KINDS)}")
+            fail("attention_pattern", f"unknown kind(s) {bad}", f"use only {list(KINDS)}")
         if self.n_layers % len(self.attention_pattern):
             fail(
                 "n_layers",
@@ -185,14 +187,8 @@ class ReformerConfig:
                 f"length {len(self.attention_pattern)} {list(self.attention_pattern)}",
                 "make n_layers a multiple of it or change the pattern",
             )
-        nb = self.lsh_n_buckets
-        factors = [nb] if isinstance(nb, int) else list(nb or ())
-        if nb is not None and (not factors or any(f < 2 or f % 2 for f in factors)):
-            fail(
-                "lsh_n_buckets",
-                f"{nb!r} has an odd or < 2 bucket count",
-                "use an even number (or a list of even factors), or None for automatic",
-            )
+        for name, kind in KINDS.items():  # each kind checks its own (prefixed) fields
+            kind.validate(self, name in self.attention_pattern, fail)
         if self.pos_embedding not in POSITION_KINDS:
             fail(
                 "pos_embedding",

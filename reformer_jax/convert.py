@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from reformer_jax.config import ReformerConfig
+from reformer_jax.layers.attention import get_kind
 from reformer_jax.model import ReformerLM
 
 CONFIG_FILE = "config.json"
@@ -370,7 +371,7 @@ def hf_parameter_map(cfg: ReformerConfig) -> dict[str, tuple[tuple, Any]]:
             f"{hf}.feed_forward.output.dense.weight": ((*ff, "dense_out", "kernel"), _linear),
             f"{hf}.feed_forward.output.dense.bias": ((*ff, "dense_out", "bias"), ident),
         }
-        if kind == "lsh":
+        if get_kind(kind).shared_qk:
             names[f"{hf}.attention.self_attention.query_key.weight"] = (
                 (*att, "qk", "kernel"),
                 _linear,

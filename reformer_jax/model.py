@@ -7,6 +7,7 @@ Transformer stack (the paper's baseline); both use the same attention and feed-f
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ from flax import nnx
 
 from reformer_jax.config import ReformerConfig
 from reformer_jax.kernels.masking import dropout
-from reformer_jax.layers.attention import SelfAttention, layer_rotations, lsh_n_buckets
+from reformer_jax.layers.attention import SelfAttention, kinds_of
 from reformer_jax.layers.embeddings import PositionalEmbedding
 from reformer_jax.layers.feedforward import FeedForward
 from reformer_jax.layers.residual import standard_stack
@@ -94,17 +95,21 @@ class ReformerLM(nnx.Module):
         dropout_rng: jax.Array | None = None,
         hash_rng: jax.Array | None = None,
         rotations: Mapping[int, jax.Array] | None = None,
+        draws: Mapping[int, Any] | None = None,
     ) -> jax.Array:
         """Logits ``[B, L, vocab]`` for int tokens ``[B, L]``.
 
         Args:
           mask: ``[B, L]`` bool, True for real tokens (padding never influences real ones).
           dropout_rng: key for dropout; None is deterministic (evaluation).
-          hash_rng: key for the LSH rotations. Precedence: explicit ``rotations``, then
-            ``hash_rng``, then the config's ``hash_seed``, then ``dropout_rng``, then a fixed
-            key (so evaluation is reproducible). Each LSH layer folds in its index.
-          rotations: explicit rotations by layer index (every LSH layer), as drawn by
+          hash_rng: key for the layers' random draws (LSH rotations, Performer features).
+            Precedence: explicit ``draws`` / ``rotations``, then ``hash_rng``, then the config's
+            ``hash_seed``, then ``dropout_rng``, then a fixed key (so evaluation is
+            reproducible). Each layer folds in its index.
+          rotations: explicit LSH rotations by layer index (every LSH layer), as drawn by
             ``layer_rotations``; e.g. to match another implementation exactly.
+          draws: explicit draws by layer index, for every layer whose kind draws (the general
+            form of ``rotations``).
         """
         cfg = self.cfg
         batch, length = tokens_BL.shape
@@ -125,7 +130,8 @@ class ReformerLM(nnx.Module):
                 if dropout_rng is not None
                 else jax.random.key(0)
             )
-        stacked_rotations = self._stacked_rotations(length, hash_rng, rotations)
+        explicit = ("draws", draws) if draws is not None else ("rotations", rotations)
+        stacked_draws = self.stacked_draws(length, hash_rng, *explicit)
         attn_graphs, ff_graphs, params = [], [], []
         for block in self.blocks:
             attn_graph, attn_state = nnx.split(block.attention)
@@ -135,13 +141,13 @@ class ReformerLM(nnx.Module):
             params.append((attn_state, ff_state))
 
         def attn_fn(p):
-            def fn(prm, x, ctx_p, layer, buckets):
-                (mask, drop_key), rot = ctx_p
+            def fn(prm, x, ctx_p, layer, replay):
+                (mask, drop_key), layer_draws = ctx_p
                 attention = nnx.merge(attn_graphs[p], prm)
                 key = None
                 if drop_key is not None:
                     key = jax.random.fold_in(jax.random.fold_in(drop_key, layer), _ATTN_STREAM)
-                return attention(x, mask=mask, dropout_key=key, rotations=rot, buckets=buckets)
+                return attention(x, mask=mask, dropout_key=key, draws=layer_draws, replay=replay)
 
             return fn
 
@@ -160,45 +166,59 @@ class ReformerLM(nnx.Module):
         attn_fns = [attn_fn(p) for p in range(n)]
         ff_fns = [ff_fn(p) for p in range(n)]
         ctx = (mask, dropout_rng)
-        params, rots = tuple(params), stacked_rotations
+        params = tuple(params)
         if cfg.residual == "standard":
-            h = self.final_norm(standard_stack(attn_fns, ff_fns, params, x, ctx, rots))
+            h = self.final_norm(standard_stack(attn_fns, ff_fns, params, x, ctx, stacked_draws))
         else:
             if cfg.reversible:
-                y1, y2 = reversible_stack(attn_fns, ff_fns, params, x, x, ctx, rots)
+                y1, y2 = reversible_stack(attn_fns, ff_fns, params, x, x, ctx, stacked_draws)
             else:
-                y1, y2, _ = stack_forward(attn_fns, ff_fns, params, x, x, ctx, rots)
+                y1, y2, _ = stack_forward(attn_fns, ff_fns, params, x, x, ctx, stacked_draws)
             h = self.final_norm(jnp.concatenate([y1, y2], axis=-1))
         if dropout_rng is not None and cfg.hidden_dropout > 0:
             h = dropout(h, cfg.hidden_dropout, jax.random.fold_in(dropout_rng, _HEAD_STREAM))
         return self.head(h).astype(jnp.promote_types(cfg.compute_dtype, jnp.float32))
 
-    def _stacked_rotations(self, length, hash_rng, explicit):
-        """Per pattern position: LSH rotations stacked over groups, or None."""
+    def layer_draws(self, length: int, hash_rng: jax.Array) -> dict[int, Any]:
+        """Every drawing layer's draw for sequences of ``length``, by layer index (what
+        ``__call__`` uses for this ``hash_rng``; also the draws of a decode run)."""
+        cfg = self.cfg
+        kinds = kinds_of(cfg)
+        out = {}
+        for i in range(cfg.n_layers):
+            drawn = kinds[i % len(kinds)].draw(cfg, jax.random.fold_in(hash_rng, i), length)
+            if drawn is not None:
+                out[i] = drawn
+        return out
+
+    def stacked_draws(
+        self, length: int, hash_rng: jax.Array, name: str = "draws", explicit=None
+    ) -> tuple[Any, ...]:
+        """Per pattern position: the layers' draws stacked over groups, or None.
+
+        ``explicit`` (by layer index) replaces the drawn values; it must cover every layer whose
+        kind draws (the error names the argument ``name`` and the missing layers).
+        """
         cfg = self.cfg
         n_pattern = len(cfg.attention_pattern)
-        lsh_used = length >= cfg.full_attention_below
+        drawn = self.layer_draws(length, hash_rng)
         out = []
-        for p, kind in enumerate(cfg.attention_pattern):
-            if kind != "lsh" or not lsh_used:
+        for p, kind in enumerate(kinds_of(cfg)):
+            layers = [g * n_pattern + p for g in range(cfg.n_groups)]
+            if layers[0] not in drawn:
                 out.append(None)
                 continue
-            layers = [g * n_pattern + p for g in range(cfg.n_groups)]
             if explicit is not None:
                 missing = [i for i in layers if i not in explicit]
                 if missing:
-                    raise ValueError(f"rotations: missing LSH layer(s) {missing}")
-                out.append(jnp.stack([jnp.asarray(explicit[i]) for i in layers]))
-            else:
-                n_buckets = lsh_n_buckets(cfg, length)
-                out.append(
-                    jnp.stack(
-                        [
-                            layer_rotations(cfg, jax.random.fold_in(hash_rng, i), n_buckets)
-                            for i in layers
-                        ]
+                    raise ValueError(
+                        f"{name}: missing {kind.name.upper()} layer(s) {missing}; give the "
+                        "draws of every such layer"
                     )
-                )
+                values = [jax.tree.map(jnp.asarray, explicit[i]) for i in layers]
+            else:
+                values = [drawn[i] for i in layers]
+            out.append(jax.tree.map(lambda *xs: jnp.stack(xs), *values))
         return tuple(out)
 
 

@@ -25,26 +25,26 @@ def standard_stack(
     params: Any,
     x: jax.Array,
     ctx: Any,
-    rotations: Any,
+    draws: Any,
 ) -> jax.Array:
     """Applies ``n_layers`` pre-LN residual layers to ``x [B, L, D]``.
 
     Arguments are those of :func:`reformer_jax.layers.reversible.reversible_stack` with one
-    input stream instead of two (``params`` and ``rotations`` stacked over groups).
+    input stream instead of two (``params`` and ``draws`` stacked over groups).
     """
     attn_fns, ff_fns = tuple(attn_fns), tuple(ff_fns)
     n_pattern = len(attn_fns)
     n_groups = jax.tree.leaves(params)[0].shape[0]
 
     def body(x, xs):
-        group_params, group_rot, g = xs
+        group_params, group_draws, g = xs
         for p in range(n_pattern):
             layer = g * n_pattern + p
             attn_params, ff_params = group_params[p]
-            a, _ = attn_fns[p](attn_params, x, (ctx, group_rot[p]), layer, None)
+            a, _ = attn_fns[p](attn_params, x, (ctx, group_draws[p]), layer, None)
             x = x + a
             x = x + ff_fns[p](ff_params, x, ctx, layer)
         return x, None
 
-    y, _ = jax.lax.scan(body, x, (params, rotations, jnp.arange(n_groups)))
+    y, _ = jax.lax.scan(body, x, (params, draws, jnp.arange(n_groups)))
     return y

@@ -1,0 +1,202 @@
+"""The attention-kind dispatch (`reformer_jax.layers.attention`): each kind runs its kernel with
+the config's settings, draws what the model expects, replays what the backward pass reuses, and
+an unknown kind is refused with the list of valid ones."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from reformer_jax import kernels
+from reformer_jax.config import ReformerConfig
+from reformer_jax.layers.attention import (
+    KINDS,
+    SelfAttention,
+    attend,
+    get_kind,
+    layer_rotations,
+)
+from reformer_jax.model import ReformerLM
+from tests.model_utils import tiny_config
+
+B, H, L, D = 2, 2, 16, 4
+
+
+def _qkv(seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(B, H, L, D)).astype(np.float32) for _ in range(3)]
+
+
+def _mask():
+    mask = np.ones((B, L), bool)
+    mask[1, 11:] = False
+    return mask
+
+
+def _cfg(**overrides):
+    # Settings away from the defaults, so a dispatch that drops one of them is seen.
+    return tiny_config(
+        lsh_chunk_len=4,
+        lsh_n_hashes=3,
+        lsh_chunks_before=2,
+        lsh_chunks_after=1,
+        lsh_attend_across_buckets=False,
+        local_chunk_len=4,
+        local_chunks_before=2,
+        local_chunks_after=1,
+        local_wrap_around=True,
+        **overrides,
+    )
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_each_kind_equals_its_kernel_called_directly(causal):
+    """Catches a dispatch that drops or swaps a config field (chunk sizes, look-back/ahead,
+    wrap-around, across-buckets), the causal flag or the padding mask for one kind."""
+    cfg = _cfg(causal=causal)
+    q, k, v = _qkv()
+    mask = _mask()
+    rotations = layer_rotations(cfg, jax.random.key(3), cfg.lsh_n_buckets)
+    lsh, buckets = attend("lsh", cfg, q, None, v, mask=mask, dropout_key=None, draws=rotations)
+    want = kernels.lsh_attention(
+        q,
+        v,
+        rotations,
+        n_buckets=4,
+        chunk_len=4,
+        n_chunks_before=2,
+        n_chunks_after=1,
+        causal=causal,
+        mask=mask,
+        attend_across_buckets=False,
+    )
+    np.testing.assert_allclose(lsh, want, atol=1e-6)
+    np.testing.assert_array_equal(buckets, kernels.hash_vectors(q, rotations, 4, mask))
+    local, replay = attend("local", cfg, q, k, v, mask=mask, dropout_key=None)
+    want = kernels.local_attention(
+        q,
+        k,
+        v,
+        chunk_len=4,
+        n_chunks_before=2,
+        n_chunks_after=1,
+        causal=causal,
+        mask=mask,
+        wrap_around=True,
+    )
+    np.testing.assert_allclose(local, want, atol=1e-6)
+    assert replay is None
+    full, _ = attend("full", cfg, q, k, v, mask=mask, dropout_key=None)
+    want = kernels.full_attention(q, k, v, causal=causal, mask=mask)
+    np.testing.assert_allclose(full, want, atol=1e-6)
+
+
+def test_each_kind_applies_its_own_dropout_rate():
+    """Catches a kind reading another kind's dropout rate (or dropping it)."""
+    q, k, v = _qkv(1)
+    key = jax.random.key(7)
+    for name, field in (("local", "local_dropout"), ("full", "full_dropout")):
+        cfg = _cfg(**{field: 0.5})
+        got, _ = attend(name, cfg, q, k, v, mask=None, dropout_key=key)
+        plain, _ = attend(name, cfg, q, k, v, mask=None, dropout_key=None)
+        other = _cfg(**{("full_dropout" if name == "local" else "local_dropout"): 0.5})
+        unaffected, _ = attend(name, other, q, k, v, mask=None, dropout_key=key)
+        assert not np.allclose(got, plain)
+        np.testing.assert_allclose(unaffected, plain, atol=1e-6)
+
+
+def test_lsh_replay_is_what_the_kernel_uses():
+    """Catches a kind that re-hashes instead of using the replayed bucket ids (the reversible
+    backward would then recompute a different forward)."""
+    cfg = _cfg()
+    q, _, v = _qkv(2)
+    rotations = layer_rotations(cfg, jax.random.key(0), 4)
+    out, buckets = attend("lsh", cfg, q, None, v, mask=None, dropout_key=None, draws=rotations)
+    again, same = attend(
+        "lsh", cfg, q, None, v, mask=None, dropout_key=None, draws=rotations, replay=buckets
+    )
+    np.testing.assert_array_equal(again, out)
+    np.testing.assert_array_equal(same, buckets)
+    one_bucket = np.zeros_like(buckets)  # a replay unlike any hash: one bucket for all
+    moved, used = attend(
+        "lsh", cfg, q, None, v, mask=None, dropout_key=None, draws=rotations, replay=one_bucket
+    )
+    np.testing.assert_array_equal(used, one_bucket)
+    assert not np.allclose(moved, out)
+
+
+def test_lsh_draws_rotations_and_nothing_below_full_attention_below():
+    """Catches draws of the wrong shape or key, and LSH layers that still draw (and hash) when
+    the length is below ``full_attention_below`` (where they run exact attention)."""
+    cfg = _cfg(full_attention_below=8)
+    key = jax.random.key(4)
+    lsh = KINDS["lsh"]
+    np.testing.assert_array_equal(lsh.draw(cfg, key, 16), layer_rotations(cfg, key, 4))
+    assert lsh.draw(cfg, key, 7) is None
+    assert KINDS["local"].draw(cfg, key, 16) is None and KINDS["full"].draw(cfg, key, 16) is None
+    q, _, v = _qkv()
+    exact, replay = attend("lsh", cfg, q[:, :, :7], None, v[:, :, :7], mask=None, dropout_key=None)
+    want = kernels.full_attention(
+        q[:, :, :7],
+        kernels.unit_keys(q[:, :, :7]),
+        v[:, :, :7],
+        scale=1.0,
+        exclude_self=True,
+        causal=True,
+    )
+    np.testing.assert_allclose(exact, want, atol=1e-6)
+    assert replay is None
+
+
+def test_model_draws_fold_in_the_layer_index():
+    """Catches layers sharing one draw (or drawing from the step key itself): every LSH layer
+    folds its index into the model's key, the contract explicit ``rotations`` rely on."""
+    cfg = tiny_config(attention_pattern=("local", "lsh"), n_layers=4)
+    model = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    key = jax.random.key(9)
+    draws = model.layer_draws(32, key)
+    assert sorted(draws) == [1, 3]
+    for i in (1, 3):
+        want = layer_rotations(cfg, jax.random.fold_in(key, i), 4)
+        np.testing.assert_array_equal(draws[i], want)
+
+
+def test_layer_projections_follow_the_kind():
+    """Catches a layer that creates separate q/k for a shared-QK kind (or the reverse): the
+    parameter tree is what checkpoints and the converter address."""
+    cfg = tiny_config()
+    for name, kind in KINDS.items():
+        layer = SelfAttention(cfg, name, rngs=nnx.Rngs(0))
+        assert layer.kind is kind
+        has_qk = hasattr(layer, "qk")
+        assert has_qk == kind.shared_qk
+        assert hasattr(layer, "q") == hasattr(layer, "k") == (not kind.shared_qk)
+
+
+def test_kinds_are_frozen_hashable_and_named_by_their_key():
+    """Catches a kind object that cannot be static in a jit cache key or a module graph."""
+    for name, kind in KINDS.items():
+        assert kind.name == name
+        assert hash(kind) == hash(type(kind)())
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            kind.extra = 1  # type: ignore[attr-defined]
+
+
+def test_unknown_kind_error_lists_the_valid_kinds():
+    """Catches an unhelpful error (or a silent fallback) for a misspelt kind, in the dispatch
+    and in the config."""
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match=r"unknown attention kind 'lhs'.*'lsh'.*'local'.*'full'"):
+        attend("lhs", tiny_config(), q, k, v, mask=None, dropout_key=None)
+    with pytest.raises(ValueError, match="unknown attention kind"):
+        get_kind("sparse_typo")
+    with pytest.raises(ValueError, match=r"model.attention_pattern: unknown kind\(s\) \['lhs'\]"):
+        ReformerConfig(attention_pattern=("lhs",))
+    message = ""
+    try:
+        ReformerConfig(attention_pattern=("lhs",))
+    except ValueError as error:
+        message = str(error)
+    assert all(name in message for name in KINDS) and "\n" not in message
