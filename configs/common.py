@@ -6,6 +6,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # parameters, data order, dropout and LSH rotations all derive from it
+    config.task = "lm"  # the objective (reformer_jax/train/tasks.py TASKS): "lm", "classification"
     config.seq_len = 1024
     config.data = ml_collections.ConfigDict(dict(name="duplication", settings={}))
     config.model = ml_collections.ConfigDict()  # fields of reformer_jax.config.ReformerConfig

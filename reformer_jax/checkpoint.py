@@ -7,8 +7,11 @@ Layout of a model export (``save_model``), also the ``model/`` item of every tra
 
 Training checkpoints (``TrainCheckpointer``) live in ``<workdir>/checkpoints/<step>/`` with
 items ``params`` / ``opt_state`` (orbax, asynchronous), ``meta`` (JSON: step, data position,
-config) written through one ``CheckpointManager``; orbax writes to a temporary directory and
-renames, so an interrupted save never leaves a half-written step behind.
+config) and, for tasks that carry state across steps, ``carry`` (e.g. Transformer-XL's memories),
+written through one ``CheckpointManager``; orbax writes to a temporary directory and renames, so
+an interrupted save never leaves a half-written step behind. Tasks that select their best
+checkpoint on the validation split keep it in ``<workdir>/best/<step>/`` (``params`` and ``meta``
+with the validation metrics; ``BestCheckpoint``).
 """
 
 from __future__ import annotations
@@ -102,21 +105,31 @@ class TrainCheckpointer:
         )
         self.save_every = save_every
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("params", "opt_state", "meta")
+            self.directory, options=options, item_names=("params", "opt_state", "meta", "carry")
         )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                opt_state=ocp.args.StandardSave(opt_state),
-                meta=ocp.args.JsonSave(meta),
-            ),
+    def save(self, step: int, params: Any, opt_state: Any, meta: dict, carry: Any = None) -> None:
+        """Saves a step; ``carry`` (the task's state across steps) only when it is not None."""
+        items = dict(
+            params=ocp.args.StandardSave(params),
+            opt_state=ocp.args.StandardSave(opt_state),
+            meta=ocp.args.JsonSave(meta),
         )
+        if carry is not None:
+            items["carry"] = ocp.args.StandardSave(carry)
+        self.manager.save(step, args=ocp.args.Composite(**items))
+
+    def restore_carry(self, step: int, target: Any) -> Any:
+        """The carry saved at ``step`` (restored onto ``target``'s shardings); None if absent."""
+        if target is None or not (self.directory / str(step) / "carry").exists():
+            return None
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(carry=ocp.args.StandardRestore(target))
+        )
+        return restored["carry"]
 
     def restore(self, step: int, params_target: Any, opt_target: Any) -> tuple[Any, Any, dict]:
         restored = self.manager.restore(
@@ -131,6 +144,52 @@ class TrainCheckpointer:
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class BestCheckpoint:
+    """The parameters with the best validation metric so far, in ``<workdir>/best``.
+
+    Only one step is kept (a save happens only on improvement). ``meta`` holds the step and the
+    validation metrics, so a resumed run knows the value to beat.
+    """
+
+    def __init__(self, workdir: str | pathlib.Path):
+        self.directory = pathlib.Path(workdir).absolute() / "best"
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=1, enable_async_checkpointing=True, create=True
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("params", "meta")
+        )
+
+    def meta(self) -> dict | None:
+        """``{"step": ..., "metrics": {...}}`` of the best step, or None before the first."""
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def save(self, step: int, params: Any, metrics: dict[str, float]) -> None:
+        meta = {"step": int(step), "metrics": {k: float(v) for k, v in metrics.items()}}
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)
+            ),
+        )
+
+    def restore(self, params_target: Any) -> Any:
+        self.manager.wait_until_finished()
+        step = self.manager.latest_step()
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(params_target))
+        )
+        return restored["params"]
 
     def close(self) -> None:
         self.manager.wait_until_finished()
@@ -152,6 +211,12 @@ def load_model_from_workdir(
         raise FileNotFoundError(
             f"{config_path} is not a training run's config (no 'model'/'train' entries); for a "
             "model export written by save_model or the converter use load_model instead"
+        )
+    task = record["train"].get("task", "lm")
+    if task != "lm":
+        raise ValueError(
+            f"{workdir} trained the {task!r} task; load_model_from_workdir loads language models "
+            "only (restore a classifier with reformer_jax.train.tasks and TrainCheckpointer)"
         )
     cfg = ReformerConfig.from_dict(record["model"])
     if config_overrides:

@@ -56,7 +56,8 @@ class ReformerLM(nnx.Module):
     stack is one scan.
     """
 
-    def __init__(self, cfg: ReformerConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ReformerConfig, *, rngs: nnx.Rngs, lm_head: bool = True):
+        """``lm_head=False`` builds the encoder alone (`hidden_states`; no vocabulary head)."""
         self.cfg = cfg
         self.embed = nnx.Embed(
             cfg.vocab_size,
@@ -77,14 +78,18 @@ class ReformerLM(nnx.Module):
             param_dtype=cfg.parameter_dtype,
             rngs=rngs,
         )
-        self.head = nnx.Linear(
-            d_out,
-            cfg.vocab_size,
-            dtype=cfg.compute_dtype,
-            param_dtype=cfg.parameter_dtype,
-            kernel_metadata={"axes": ("embed", "vocab")},
-            bias_metadata={"axes": ("vocab",)},
-            rngs=rngs,
+        self.head = (
+            nnx.Linear(
+                d_out,
+                cfg.vocab_size,
+                dtype=cfg.compute_dtype,
+                param_dtype=cfg.parameter_dtype,
+                kernel_metadata={"axes": ("embed", "vocab")},
+                bias_metadata={"axes": ("vocab",)},
+                rngs=rngs,
+            )
+            if lm_head
+            else None
         )
 
     def __call__(
@@ -97,7 +102,28 @@ class ReformerLM(nnx.Module):
         rotations: Mapping[int, jax.Array] | None = None,
         draws: Mapping[int, Any] | None = None,
     ) -> jax.Array:
-        """Logits ``[B, L, vocab]`` for int tokens ``[B, L]``.
+        """Logits ``[B, L, vocab]`` for int tokens ``[B, L]`` (arguments: `hidden_states`)."""
+        cfg = self.cfg
+        h = self.hidden_states(
+            tokens_BL, mask=mask, dropout_rng=dropout_rng, hash_rng=hash_rng, rotations=rotations
+        )
+        if dropout_rng is not None and cfg.hidden_dropout > 0:
+            h = dropout(h, cfg.hidden_dropout, jax.random.fold_in(dropout_rng, _HEAD_STREAM))
+        return self.head(h).astype(jnp.promote_types(cfg.compute_dtype, jnp.float32))
+
+    def hidden_states(
+        self,
+        tokens_BL: jax.Array,
+        *,
+        mask: jax.Array | None = None,
+        dropout_rng: jax.Array | None = None,
+        hash_rng: jax.Array | None = None,
+        rotations: Mapping[int, jax.Array] | None = None,
+    ) -> jax.Array:
+        """The final LayerNorm's output ``[B, L, D]`` for int tokens ``[B, L]``.
+
+        ``D`` is ``2 d_model`` for the reversible stack, ``d_model`` for the standard one. The LM
+        head (`__call__`) and the classifiers (`reformer_jax.classifier`) read it.
 
         Args:
           mask: ``[B, L]`` bool, True for real tokens (padding never influences real ones).
@@ -175,9 +201,7 @@ class ReformerLM(nnx.Module):
             else:
                 y1, y2, _ = stack_forward(attn_fns, ff_fns, params, x, x, ctx, stacked_draws)
             h = self.final_norm(jnp.concatenate([y1, y2], axis=-1))
-        if dropout_rng is not None and cfg.hidden_dropout > 0:
-            h = dropout(h, cfg.hidden_dropout, jax.random.fold_in(dropout_rng, _HEAD_STREAM))
-        return self.head(h).astype(jnp.promote_types(cfg.compute_dtype, jnp.float32))
+        return h
 
     def layer_draws(self, length: int, hash_rng: jax.Array) -> dict[int, Any]:
         """Every drawing layer's draw for sequences of ``length``, by layer index (what

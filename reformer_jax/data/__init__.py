@@ -9,6 +9,12 @@
 * ``imagenet64``: `imagenet64.ImageNet64`, TFDS ``downsampled_imagenet/64x64`` as 12288 sub-pixel
   tokens; vocab 256; splits train, validation (= eval).
 
+Classification sources (``config.task = "classification"``) yield
+`classification.ClassificationBatch` batches and also expose ``num_classes`` and ``paired``:
+
+* ``contains_token``: `synthetic_classes.ContainsToken`, "does the document contain token 1"
+  (tests and smoke runs); splits train, validation (= eval), test.
+
 ``get_source(name, config, **settings)`` builds one from plain keyword settings (the constructor
 arguments of the class). The enwik8 and imagenet64 modules import tensorflow_datasets, so they are
 imported only when used.
@@ -43,6 +49,8 @@ SOURCES: dict[str, tuple[str, str]] = {
     "text": ("reformer_jax.data.text", "TextFile"),
     "enwik8": ("reformer_jax.data.enwik8", "Enwik8"),
     "imagenet64": ("reformer_jax.data.imagenet64", "ImageNet64"),
+    # Classification (ClassificationBatch; num_classes, paired).
+    "contains_token": ("reformer_jax.data.synthetic_classes", "ContainsToken"),
 }
 
 

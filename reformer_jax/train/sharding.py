@@ -90,8 +90,8 @@ def _divisible(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batches ``[B, L]`` split over the data axis."""
-    return NamedSharding(mesh, P(DATA, None))
+    """Arrays with a leading batch axis (``[B, ...]`` batches, a task's carry) split over data."""
+    return NamedSharding(mesh, P(DATA))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

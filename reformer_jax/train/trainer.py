@@ -3,13 +3,16 @@
 One jitted step with explicit shardings over a ``(data, model)`` mesh, donated state, a per-step
 PRNG key derived from (seed, step), gradient accumulation over micro-batches, periodic
 evaluation, asynchronous orbax checkpoints with exact resume, and metrics to JSON lines,
-TensorBoard and a progress bar.
+TensorBoard and a progress bar. What is optimised and reported, and any state carried from step
+to step, belong to the task (`reformer_jax.train.tasks`, chosen by ``config.task``); tasks with a
+``best_metric`` keep their best validation checkpoint and report its test metrics at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import pathlib
@@ -27,16 +30,18 @@ import optax
 from flax import nnx
 
 from reformer_jax import data as data_lib
-from reformer_jax.checkpoint import TrainCheckpointer
+from reformer_jax.checkpoint import BestCheckpoint, TrainCheckpointer
 from reformer_jax.config import ReformerConfig
-from reformer_jax.model import ReformerLM, lm_loss
 from reformer_jax.runtime import release_free_memory
 from reformer_jax.train import sharding as shd
 from reformer_jax.train.metrics import MetricWriter
 from reformer_jax.train.optimizer import make_optimizer, make_schedule
+from reformer_jax.train.tasks import Carry, LMTask, Task, is_better, make_task
 
 # Settings that must match to resume in an existing workdir (the rest may change).
-RESUME_KEYS = ("model", "optimizer", "seed", "batch_size", "data")
+RESUME_KEYS = ("model", "optimizer", "seed", "batch_size", "data", "task", "classifier")
+# What a workdir recorded before a setting existed means.
+_RESUME_DEFAULTS = {"task": "lm"}
 
 
 class TrainingError(RuntimeError):
@@ -45,11 +50,16 @@ class TrainingError(RuntimeError):
 
 @dataclasses.dataclass
 class TrainResult:
+    """What a run did. ``best`` (step and validation metrics of the best checkpoint) and
+    ``test_metrics`` (that checkpoint on the test split) are set for tasks with a best metric."""
+
     step: int
     train_metrics: list[dict[str, float]]
     eval_metrics: dict[str, float]
     hash_table: dict[str, float] | None
     interrupted: bool = False
+    best: dict[str, float] | None = None
+    test_metrics: dict[str, float] | None = None
 
 
 def validate_train_config(config: ml_collections.ConfigDict) -> None:
@@ -67,7 +77,9 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
         "keep_checkpoints",
     ):
         value = config[name]
-        if not isinstance(value, int) or value < (0 if name == "num_steps" else 1):
+        if not isinstance(value, int) or value < (
+            0 if name in ("num_steps", "eval_batches") else 1
+        ):
             fail(name, f"must be a positive integer, got {value!r}", "set it to 1 or more")
     if config.batch_size % config.grad_accum_steps:
         fail(
@@ -85,19 +97,6 @@ def _jsonable(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
 
 
-def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ReformerConfig:
-    values = dict(config.model.to_dict())
-    values.setdefault("vocab_size", vocab_size)
-    cfg = ReformerConfig.from_dict(values)
-    if cfg.vocab_size < vocab_size:
-        raise ValueError(
-            f"config.model.vocab_size: {cfg.vocab_size} is smaller than the data's vocabulary "
-            f"({vocab_size}); raise it to at least {vocab_size}"
-        )
-    cfg.check_length(config.seq_len)
-    return cfg
-
-
 def _check_workdir(workdir: pathlib.Path, record: dict[str, Any]) -> bool:
     """True when the workdir holds a compatible run to resume; raises when incompatible."""
     config_path = workdir / "config.json"
@@ -109,7 +108,12 @@ def _check_workdir(workdir: pathlib.Path, record: dict[str, Any]) -> bool:
             )
         return False
     previous = json.loads(config_path.read_text())
-    diffs = [k for k in RESUME_KEYS if previous.get("train", {}).get(k) != record["train"].get(k)]
+    before, now = previous.get("train", {}), record["train"]
+    diffs = [
+        k
+        for k in RESUME_KEYS
+        if before.get(k, _RESUME_DEFAULTS.get(k)) != now.get(k, _RESUME_DEFAULTS.get(k))
+    ]
     if _resolved_model(previous.get("model")) != json.loads(json.dumps(record["model"])):
         diffs.append("model (resolved)")
     if diffs:
@@ -155,131 +159,190 @@ class _Preemption:
             signal.signal(sig, handler)
 
 
-def make_train_step(graphdef, tx, model_cfg: ReformerConfig, accum: int, seed: int):
-    """The pure step: (params, opt_state, batch, step) -> (params, opt_state, metrics)."""
+def make_task_train_step(task: Task, graphdef, tx, accum: int, seed: int):
+    """The pure step of ``task``: (params, opt_state, carry, batch, step) ->
+    (params, opt_state, carry, metrics).
 
-    def loss_fn(params, batch, key, hash_key):
+    Dropout keys come from (seed, step); LSH rotations are fresh every step unless the model
+    config fixes ``hash_seed``. With ``accum`` > 1 the batch and the carry are split along their
+    leading axis into ``accum`` micro-batches (rows ``i * B / accum ...`` form micro-batch i) whose
+    gradients are weighted by their ``sums["weight"]``: the same update as the whole batch.
+    """
+
+    def loss_fn(params, batch, carry, key, hash_key):
         model = nnx.merge(graphdef, params)
-        logits = model(batch["inputs"], dropout_rng=key, hash_rng=hash_key)
-        loss, weight = lm_loss(logits, batch["targets"], batch["weights"])
-        correct = (jnp.argmax(logits[:, :-1], -1) == batch["targets"][:, 1:]) * batch["weights"][
-            :, 1:
-        ]
-        return loss, (weight, jnp.sum(correct))
+        loss, sums, carry = task.loss(model, batch, carry, dropout_rng=key, hash_rng=hash_key)
+        return loss, (sums, carry)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step_fn(params, opt_state, batch, step):
+    def accumulate(params, batch, carry, key, hash_key):
+        def split(x):
+            return x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
+
+        micro, micro_carry = jax.tree.map(split, batch), jax.tree.map(split, carry)
+
+        def body(acc, xs):
+            mb, mc, i = xs
+            # Dropout differs per micro-batch; LSH rotations are the step's, as without
+            # accumulation.
+            (_, (sums, mc)), g = grad_fn(params, mb, mc, jax.random.fold_in(key, i), hash_key)
+            acc_g, acc_sums = acc
+            # Weight each micro-batch by its scored tokens: the mean over the global batch.
+            acc_g = jax.tree.map(lambda a, b: a + b * sums["weight"], acc_g, g)
+            return (acc_g, jax.tree.map(jnp.add, acc_sums, sums)), mc
+
+        first = jax.tree.map(lambda x: x[0], (micro, micro_carry))
+        sums_shape = jax.eval_shape(loss_fn, params, *first, key, hash_key)[1][0]
+        zeros = (
+            jax.tree.map(jnp.zeros_like, params),
+            jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), sums_shape),
+        )
+        (grads, sums), carries = jax.lax.scan(body, zeros, (micro, micro_carry, jnp.arange(accum)))
+        grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
+        carry = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), carries)
+        return grads, sums, carry
+
+    def step_fn(params, opt_state, carry, batch, step):
         key = jax.random.fold_in(jax.random.key(seed), step)
         hash_key = None
-        if model_cfg.hash_seed is None:
+        if task.model_cfg.hash_seed is None:
             hash_key = jax.random.fold_in(key, 2**31 - 3)  # fresh rotations every step
         if accum == 1:
-            (loss, (weight, correct)), grads = grad_fn(params, batch, key, hash_key)
+            (_, (sums, carry)), grads = grad_fn(params, batch, carry, key, hash_key)
         else:
-            micro = jax.tree.map(
-                lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch
-            )
-
-            def body(carry, xs):
-                mb, i = xs
-                # Dropout differs per micro-batch; LSH rotations are the step's, as without
-                # accumulation.
-                (mb_loss, (w, c)), g = grad_fn(params, mb, jax.random.fold_in(key, i), hash_key)
-                acc_g, acc_l, acc_w, acc_c = carry
-                # Weight each micro-batch by its scored tokens: the mean over the global batch.
-                acc_g = jax.tree.map(lambda a, b: a + b * w, acc_g, g)
-                return (acc_g, acc_l + mb_loss * w, acc_w + w, acc_c + c), None
-
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            (grads, loss_sum, weight, correct), _ = jax.lax.scan(
-                body, (zeros, 0.0, 0.0, 0.0), (micro, jnp.arange(accum))
-            )
-            denom = jnp.maximum(weight, 1.0)
-            grads = jax.tree.map(lambda g: g / denom, grads)
-            loss = loss_sum / denom
+            grads, sums, carry = accumulate(params, batch, carry, key, hash_key)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = {
             "param_norm": optax.tree.norm(params),
-            "loss": loss,
-            "accuracy": correct / jnp.maximum(weight, 1.0),
+            **task.summarize(sums),
             "grad_norm": optax.tree.norm(grads),
-            "tokens": weight,
         }
-        return params, opt_state, metrics
+        return params, opt_state, carry, metrics
 
     return step_fn
 
 
-def make_eval_step(graphdef):
-    def eval_fn(params, batch):
+def make_train_step(graphdef, tx, model_cfg: ReformerConfig, accum: int, seed: int):
+    """The language-model step without carry: (params, opt_state, batch, step) ->
+    (params, opt_state, metrics). `make_task_train_step` with `LMTask` (benchmarks use it)."""
+    step_fn = make_task_train_step(LMTask(model_cfg), graphdef, tx, accum, seed)
+
+    def lm_step(params, opt_state, batch, step):
+        params, opt_state, _, metrics = step_fn(params, opt_state, None, batch, step)
+        return params, opt_state, metrics
+
+    return lm_step
+
+
+def make_task_eval_step(task: Task, graphdef):
+    """(params, carry, batch) -> (metric sums, carry): deterministic (no dropout, fixed hash)."""
+
+    def eval_fn(params, carry, batch):
         model = nnx.merge(graphdef, params)
-        logits = model(batch["inputs"])
-        loss, weight = lm_loss(logits, batch["targets"], batch["weights"])
-        correct = (jnp.argmax(logits[:, :-1], -1) == batch["targets"][:, 1:]) * batch["weights"][
-            :, 1:
-        ]
-        return {"loss_sum": loss * weight, "weight": weight, "correct": jnp.sum(correct)}
+        _, sums, carry = task.loss(model, batch, carry, dropout_rng=None, hash_rng=None)
+        return sums, carry
 
     return eval_fn
 
 
-def _as_dict(batch: data_lib.Batch) -> dict[str, np.ndarray]:
-    return {"inputs": batch.inputs, "targets": batch.targets, "weights": batch.weights}
+def make_eval_step(graphdef, task: Task | None = None):
+    """(params, batch) -> metric sums for a stateless task (default: language modelling, whose
+    sums are ``loss_sum``, ``weight`` and ``correct``)."""
+    eval_fn = make_task_eval_step(task or LMTask(), graphdef)
+    return lambda params, batch: eval_fn(params, None, batch)[0]
+
+
+def _batch_dict(batch: Any, task: Task) -> dict[str, np.ndarray]:
+    return {name: getattr(batch, name) for name in task.batch_fields}
+
+
+def init_carry(task: Task, batch_size: int, mesh, *, train: bool = True) -> Carry:
+    """``task.init_carry`` as global arrays sharded along the batch (None when stateless)."""
+    if jax.eval_shape(lambda: task.init_carry(batch_size, train=train)) is None:
+        return None
+    make = functools.partial(task.init_carry, batch_size, train=train)
+    return jax.jit(make, out_shardings=shd.batch_sharding(mesh))()
 
 
 def evaluate(
-    params, graphdef, source, config, mesh, *, model_cfg: ReformerConfig | None = None
+    params,
+    graphdef,
+    source,
+    config,
+    mesh,
+    *,
+    model_cfg: ReformerConfig | None = None,
+    task: Task | None = None,
+    split: str = "eval",
 ) -> dict[str, float]:
-    """Loss, accuracy and bits per token on ``config.eval_batches`` held-out batches."""
-    eval_step = (
-        _eval_step(model_cfg) if model_cfg is not None else jax.jit(make_eval_step(graphdef))
-    )
-    totals = {"loss_sum": 0.0, "weight": 0.0, "correct": 0.0}
+    """The task's metrics (default: LM loss, accuracy, bits per token) on ``split``.
+
+    Reads ``config.eval_batches`` batches (0: one whole pass over a finite split) of
+    ``config.eval_batch_size`` rows. A stateful task threads its own evaluation carry through
+    the batches, never the training one. ``model_cfg`` overrides the task's model config (the
+    hash-count table evaluates the same weights under other attention settings).
+    """
+    if task is None:
+        task = LMTask(model_cfg)
+    elif model_cfg is not None:
+        task = dataclasses.replace(task, model_cfg=model_cfg)
+    if task.model_cfg is not None:
+        eval_step = _eval_step(task)
+    else:
+        eval_step = jax.jit(make_task_eval_step(task, graphdef), donate_argnums=1)
+    batch_size = config.eval_batch_size or config.batch_size
+    count = config.eval_batches or None
+    if count is None and source.num_batches(split, batch_size) is None:
+        raise ValueError(
+            f"config.eval_batches: 0 (one whole pass) needs a finite {split!r} split, and this "
+            "source's is endless; set a number of batches"
+        )
+    carry = init_carry(task, batch_size, mesh, train=False)
     batches = source.batches(
-        "eval",
-        config.eval_batch_size or config.batch_size,
+        split,
+        batch_size,
         seed=config.seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    for i, batch in enumerate(batches):
-        if i >= config.eval_batches:
-            break
-        out = eval_step(params, shd.global_batch(_as_dict(batch), mesh))
-        for k in totals:
-            totals[k] += float(out[k])
-    weight = max(totals["weight"], 1.0)
-    loss = totals["loss_sum"] / weight
-    return {
-        "loss": loss,
-        "accuracy": totals["correct"] / weight,
-        "bits_per_token": loss / math.log(2),
-    }
+    totals: dict[str, float] = {}
+    for batch in itertools.islice(batches, count):
+        sums, carry = eval_step(params, carry, shd.global_batch(_batch_dict(batch, task), mesh))
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    return {k: float(v) for k, v in task.summarize(totals).items()}
+
+
+def _graphdef(task: Task):
+    return nnx.split(nnx.eval_shape(lambda: task.make_model(nnx.Rngs(0))), nnx.Param)[0]
 
 
 @functools.lru_cache(maxsize=32)
-def _eval_step(cfg: ReformerConfig):
-    """One jitted evaluation step per model config (periodic evals reuse the compilation)."""
-    graphdef = nnx.split(nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0))), nnx.Param)[0]
-    return jax.jit(make_eval_step(graphdef))
+def _eval_step(task: Task):
+    """One jitted evaluation step per task (periodic evals reuse the compilation)."""
+    return jax.jit(make_task_eval_step(task, _graphdef(task)), donate_argnums=1)
 
 
-def hash_table(params, model_cfg: ReformerConfig, source, config, mesh) -> dict[str, float]:
+def hash_table(
+    params, model_cfg: ReformerConfig, source, config, mesh, *, task: Task | None = None
+) -> dict[str, float]:
     """Evaluation accuracy with exact shared-QK attention and with LSH at 1, 2, 4, 8 hashes.
 
     The paper's duplication table columns. Parameters do not depend on the hash count, so the
     same weights are evaluated under each setting.
     """
     table = {}
-    settings = [("full", model_cfg.replace(full_attention_below=config.seq_len + 1))]
+    # Longer than any sequence the task feeds (a classifier adds a CLS token).
+    settings = [("full", model_cfg.replace(full_attention_below=config.seq_len + 2))]
     settings += [
         (f"lsh-{n}", model_cfg.replace(lsh_n_hashes=n, full_attention_below=0))
         for n in config.eval_hashes
     ]
     for name, cfg in settings:
-        table[name] = evaluate(params, None, source, config, mesh, model_cfg=cfg)["accuracy"]
+        metrics = evaluate(params, None, source, config, mesh, model_cfg=cfg, task=task)
+        table[name] = metrics["accuracy"]
     return table
 
 
@@ -308,16 +371,96 @@ def train_and_evaluate(
             f"config.seq_len ({config.seq_len}) differs from the data source's "
             f"seq_len ({source.seq_len}); set config.data.settings.seq_len too"
         )
-    model_cfg = _model_config(config, source.vocab_size)
-    record = {"model": model_cfg.to_dict(), "train": _jsonable(config)}
+    task = make_task(config, source)
+    record = {"model": task.model_cfg.to_dict(), "train": _jsonable(config)}
     resuming = _check_workdir(workdir, record)
-
     mesh = shd.make_mesh(config.mesh_shape)
     if config.batch_size % mesh.shape[shd.DATA]:
         raise ValueError(
             f"config.batch_size {config.batch_size} is not divisible by the data "
             f"axis ({mesh.shape[shd.DATA]} devices); adjust one of them"
         )
+    schedule, tx = _optimizer(config)
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = _TrainState.start(config, task, tx, mesh, workdir, resuming)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+
+    writer = MetricWriter(workdir)
+    batch_iter: Iterator = source.batches(
+        "train",
+        config.batch_size,
+        start_step=state.step,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    pending = _batch_dict(next(batch_iter), task)
+    compiled = state.compile_step(task, tx, config, mesh, pending, writer)
+    best = _BestTracker(workdir, task.best_metric) if task.best_metric else None
+
+    history: list[dict[str, float]] = []
+    eval_metrics: dict[str, float] = {}
+    interrupted = False
+    progress = _progress(state.step, config.num_steps)
+    clock = _StepClock(config.batch_size * config.seq_len)
+    with _Preemption() as preemption:
+        while state.step < config.num_steps:
+            metrics = state.run(compiled, shd.global_batch(pending, mesh))
+            step = state.step
+            if step < config.num_steps:
+                pending = _batch_dict(next(batch_iter), task)  # overlaps with the device step
+            if config.get("stop_at_step") and step == config.stop_at_step:
+                # Simulated preemption (tests): the same path as a real SIGTERM.
+                preemption.signal = signal.SIGTERM
+            # One snapshot per step: a signal arriving later in this iteration is handled
+            # (saved, then exit) at the end of the next one, never exited on without a save.
+            signalled = preemption.signal
+            last = step == config.num_steps
+            save_now = step % config.checkpoint_every == 0 or last or signalled is not None
+            if save_now or step % config.log_every == 0:
+                # Never checkpoint a diverged state: check before every save as well.
+                values = _finite_metrics(metrics, step, state.checkpointer)
+            if step % config.log_every == 0 or last:
+                values.update(learning_rate=float(schedule(step)), **clock.rates(config, step))
+                history.append({"step": step, **values})
+                writer.write(step, "train", values)
+                if progress is not None:
+                    shown = {k: f"{values[k]:.3f}" for k in ("loss", "accuracy") if k in values}
+                    progress.set_postfix(**shown)
+            if progress is not None:
+                progress.update(1)
+            if step % config.eval_every == 0 or last:
+                eval_metrics = evaluate(state.params, None, source, config, mesh, task=task)
+                writer.write(step, "eval", eval_metrics)
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items())
+                _log(f"step {step}: eval {shown}")
+                if best is not None:
+                    best.offer(step, state.params, eval_metrics)
+            if save_now:
+                state.save()
+            if signalled is not None:
+                interrupted = True
+                _log(
+                    f"received signal {signalled}: checkpoint saved at step {state.step}; "
+                    "rerun the same command to resume"
+                )
+                break
+    if progress is not None:
+        progress.close()
+    state.checkpointer.close()
+
+    result = TrainResult(state.step, history, eval_metrics, None, interrupted)
+    if not interrupted:
+        _final_evaluations(result, state, task, best, source, config, mesh, writer, workdir)
+    if best is not None:
+        best.store.close()
+    writer.close()
+    return result
+
+
+def _optimizer(config: ml_collections.ConfigDict):
+    """(learning-rate schedule, optax transformation) of ``config``."""
     schedule = make_schedule(
         config.schedule, config.learning_rate, config.warmup_steps, config.num_steps
     )
@@ -330,175 +473,195 @@ def train_and_evaluate(
         weight_decay=config.weight_decay,
         grad_clip=config.grad_clip,
     )
+    return schedule, tx
 
-    abstract_model = nnx.eval_shape(lambda: ReformerLM(model_cfg, rngs=nnx.Rngs(0)))
-    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-    param_sharding = shd.param_shardings(mesh, abstract_params)
 
-    def init_params():
-        model = ReformerLM(model_cfg, rngs=nnx.Rngs(config.seed))
-        return nnx.state(model, nnx.Param)
-
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_sharding = optax.tree_map_params(
-        tx,
-        # Adam's moments mirror their parameter; Adafactor's factored rows/columns do not.
-        lambda leaf, sharding: (
-            sharding if leaf.ndim == len(sharding.spec) else shd.replicated(mesh)
-        ),
-        abstract_opt,
-        param_sharding,
-        transform_non_params=lambda _: shd.replicated(mesh),
+def _with_shardings(abstract: Any, shardings: Any) -> Any:
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpointer = TrainCheckpointer(
-        workdir, keep=config.keep_checkpoints, save_every=config.checkpoint_every
-    )
-    start_step = 0
-    if resuming and checkpointer.latest_step() is not None:
-        start_step = checkpointer.latest_step()
-        params_target = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract_params,
-            param_sharding,
+
+@dataclasses.dataclass
+class _TrainState:
+    """Parameters, optimizer state and the task's carry at ``step``, with their shardings and
+    their checkpoints (saved together, restored together)."""
+
+    params: Any
+    opt_state: Any
+    carry: Carry
+    step: int
+    graphdef: Any
+    shardings: tuple[Any, Any, Any]  # params, opt_state, carry
+    params_target: Any  # abstract params with shardings (restoring any checkpoint of them)
+    checkpointer: TrainCheckpointer
+
+    @classmethod
+    def start(cls, config, task: Task, tx, mesh, workdir: pathlib.Path, resuming: bool):
+        """Fresh parameters (seeded by ``config.seed``), or the latest checkpoint when resuming."""
+        graphdef, abstract_params = nnx.split(
+            nnx.eval_shape(lambda: task.make_model(nnx.Rngs(0))), nnx.Param
         )
-        opt_target = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        param_sharding = shd.param_shardings(mesh, abstract_params)
+        abstract_opt = jax.eval_shape(tx.init, abstract_params)
+        opt_sharding = optax.tree_map_params(
+            tx,
+            # Adam's moments mirror their parameter; Adafactor's factored rows/columns do not.
+            lambda leaf, sharding: (
+                sharding if leaf.ndim == len(sharding.spec) else shd.replicated(mesh)
+            ),
             abstract_opt,
-            opt_sharding,
+            param_sharding,
+            transform_non_params=lambda _: shd.replicated(mesh),
         )
-        params, opt_state, _ = checkpointer.restore(start_step, params_target, opt_target)
-        _log(f"resumed from step {start_step} in {workdir}")
-    else:
-        params = jax.jit(init_params, out_shardings=param_sharding)()
-        opt_state = jax.jit(tx.init, out_shardings=opt_sharding)(params)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+        carry_sharding = shd.batch_sharding(mesh)
+        params_target = _with_shardings(abstract_params, param_sharding)
+        checkpointer = TrainCheckpointer(
+            workdir, keep=config.keep_checkpoints, save_every=config.checkpoint_every
+        )
+        carry = init_carry(task, config.batch_size, mesh)
+        step = 0
+        if resuming and checkpointer.latest_step() is not None:
+            step = checkpointer.latest_step()
+            opt_target = _with_shardings(abstract_opt, opt_sharding)
+            params, opt_state, _ = checkpointer.restore(step, params_target, opt_target)
+            if carry is not None:
+                carry_target = jax.tree.map(
+                    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=carry_sharding),
+                    carry,
+                )
+                restored = checkpointer.restore_carry(step, carry_target)
+                carry = carry if restored is None else restored
+            _log(f"resumed from step {step} in {workdir}")
+        else:
+            params = jax.jit(
+                lambda: nnx.state(task.make_model(nnx.Rngs(config.seed)), nnx.Param),
+                out_shardings=param_sharding,
+            )()
+            opt_state = jax.jit(tx.init, out_shardings=opt_sharding)(params)
+        shardings = (param_sharding, opt_sharding, carry_sharding)
+        return cls(params, opt_state, carry, step, graphdef, shardings, params_target, checkpointer)
 
-    step_fn = make_train_step(graphdef, tx, model_cfg, config.grad_accum_steps, config.seed)
-    train_step = jax.jit(
-        step_fn,
-        in_shardings=(param_sharding, opt_sharding, shd.batch_sharding(mesh), None),
-        out_shardings=(param_sharding, opt_sharding, shd.replicated(mesh)),
-        donate_argnums=(0, 1),
-    )
-    writer = MetricWriter(workdir)
-    batch_iter: Iterator = source.batches(
-        "train",
-        config.batch_size,
-        start_step=start_step,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    first = _as_dict(next(batch_iter))
-    compiled = train_step.lower(
-        params, opt_state, shd.global_batch(first, mesh), jnp.int32(start_step)
-    ).compile()
-    release_free_memory()  # the compiler's freed memory, before the steps allocate theirs
-    memory = compiled.memory_analysis()
-    if memory is not None:
-        _log(
-            f"train step compiled: temp {memory.temp_size_in_bytes / 2**20:.1f} MiB, "
-            f"arguments {memory.argument_size_in_bytes / 2**20:.1f} MiB"
+    def compile_step(self, task: Task, tx, config, mesh, example_batch, writer: MetricWriter):
+        """The jitted, compiled train step (memory use logged and written as ``compile``)."""
+        params_s, opt_s, carry_s = self.shardings
+        step_fn = make_task_train_step(
+            task, self.graphdef, tx, config.grad_accum_steps, config.seed
         )
-        writer.write(
-            start_step,
-            "compile",
-            {
+        train_step = jax.jit(
+            step_fn,
+            in_shardings=(params_s, opt_s, carry_s, shd.batch_sharding(mesh), None),
+            out_shardings=(params_s, opt_s, carry_s, shd.replicated(mesh)),
+            donate_argnums=(0, 1, 2),
+        )
+        batch = shd.global_batch(example_batch, mesh)
+        compiled = train_step.lower(
+            self.params, self.opt_state, self.carry, batch, jnp.int32(self.step)
+        ).compile()
+        release_free_memory()  # the compiler's freed memory, before the steps allocate theirs
+        memory = compiled.memory_analysis()
+        if memory is not None:
+            _log(
+                f"train step compiled: temp {memory.temp_size_in_bytes / 2**20:.1f} MiB, "
+                f"arguments {memory.argument_size_in_bytes / 2**20:.1f} MiB"
+            )
+            sizes = {
                 "temp_bytes": memory.temp_size_in_bytes,
                 "argument_bytes": memory.argument_size_in_bytes,
-            },
+            }
+            writer.write(self.step, "compile", sizes)
+        return compiled
+
+    def run(self, compiled, batch) -> dict[str, jax.Array]:
+        """One step; returns its metrics (on device)."""
+        self.params, self.opt_state, self.carry, metrics = compiled(
+            self.params, self.opt_state, self.carry, batch, jnp.int32(self.step)
         )
+        self.step += 1
+        return metrics
 
-    history: list[dict[str, float]] = []
-    eval_metrics: dict[str, float] = {}
-    interrupted = False
-    step = start_step
-    progress = _progress(start_step, config.num_steps)
-    tokens_per_step = config.batch_size * config.seq_len
-    pending = first
-    last_log = time.perf_counter()
-    with _Preemption() as preemption:
-        while step < config.num_steps:
-            batch = shd.global_batch(pending, mesh)
-            params, opt_state, metrics = compiled(params, opt_state, batch, jnp.int32(step))
-            step += 1
-            if step < config.num_steps:
-                pending = _as_dict(next(batch_iter))  # overlaps with the device step
-            stop_here = config.get("stop_at_step") and step == config.stop_at_step
-            if stop_here:
-                # Simulated preemption (tests): the same path as a real SIGTERM.
-                preemption.signal = signal.SIGTERM
-            # One snapshot per step: a signal arriving later in this iteration is handled
-            # (saved, then exit) at the end of the next one, never exited on without a save.
-            signalled = preemption.signal
-            save_now = (
-                step % config.checkpoint_every == 0
-                or step == config.num_steps
-                or signalled is not None
-            )
-            if save_now or step % config.log_every == 0:
-                # Never checkpoint a diverged state: check before every save as well.
-                values = {k: float(v) for k, v in metrics.items()}
-                if not (math.isfinite(values["loss"]) and math.isfinite(values["param_norm"])):
-                    checkpointer.wait()
-                    raise TrainingError(
-                        f"loss became {values['loss']} (parameter norm {values['param_norm']}) "
-                        f"at step {step}; stopping. The last good checkpoint (step "
-                        f"{checkpointer.latest_step()}) is kept in {checkpointer.directory}; "
-                        "lower config.learning_rate or enable config.grad_clip"
-                    )
-            if step % config.log_every == 0 or step == config.num_steps:
-                metrics = values
-                now = time.perf_counter()
-                elapsed = (now - last_log) / config.log_every
-                last_log = now
-                metrics.update(
-                    bits_per_token=metrics["loss"] / math.log(2),
-                    learning_rate=float(schedule(step)),
-                    step_time=elapsed,
-                    tokens_per_second=tokens_per_step / max(elapsed, 1e-9),
-                )
-                history.append({"step": step, **metrics})
-                writer.write(step, "train", metrics)
-                if progress is not None:
-                    progress.set_postfix(
-                        loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}"
-                    )
-            if progress is not None:
-                progress.update(1)
-            if step % config.eval_every == 0 or step == config.num_steps:
-                eval_metrics = evaluate(params, None, source, config, mesh, model_cfg=model_cfg)
-                writer.write(step, "eval", eval_metrics)
-                _log(
-                    f"step {step}: eval loss {eval_metrics['loss']:.4f}, accuracy "
-                    f"{eval_metrics['accuracy']:.4f}"
-                )
-            if save_now:
-                checkpointer.save(step, params, opt_state, {"step": step, "data_step": step})
-            if signalled is not None:
-                interrupted = True
-                _log(
-                    f"received signal {signalled}: checkpoint saved at step {step}; "
-                    "rerun the same command to resume"
-                )
-                break
-    if progress is not None:
-        progress.close()
-    checkpointer.close()
+    def save(self) -> None:
+        meta = {"step": self.step, "data_step": self.step}
+        self.checkpointer.save(self.step, self.params, self.opt_state, meta, carry=self.carry)
 
-    table = None
-    if not interrupted and config.get("eval_hashes") and "lsh" in model_cfg.attention_pattern:
-        table = hash_table(params, model_cfg, source, config, mesh)
+
+def _finite_metrics(metrics, step: int, checkpointer: TrainCheckpointer) -> dict[str, float]:
+    """The step's metrics as floats; raises (keeping the last good checkpoint) on divergence."""
+    values = {k: float(v) for k, v in metrics.items()}
+    if not (math.isfinite(values["loss"]) and math.isfinite(values["param_norm"])):
+        checkpointer.wait()
+        raise TrainingError(
+            f"loss became {values['loss']} (parameter norm {values['param_norm']}) "
+            f"at step {step}; stopping. The last good checkpoint (step "
+            f"{checkpointer.latest_step()}) is kept in {checkpointer.directory}; "
+            "lower config.learning_rate or enable config.grad_clip"
+        )
+    return values
+
+
+class _StepClock:
+    """Seconds per step and tokens per second between two log lines."""
+
+    def __init__(self, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
+        self.last = time.perf_counter()
+
+    def rates(self, config, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        elapsed = (now - self.last) / config.log_every
+        self.last = now
+        return {
+            "step_time": elapsed,
+            "tokens_per_second": self.tokens_per_step / max(elapsed, 1e-9),
+        }
+
+
+class _BestTracker:
+    """Keeps the checkpoint with the best validation metric (``(name, "max" | "min")``)."""
+
+    def __init__(self, workdir: pathlib.Path, best_metric: tuple[str, str]):
+        self.best_metric = best_metric
+        self.store = BestCheckpoint(workdir)
+        self.meta = self.store.meta()  # a resumed run continues from its best so far
+
+    def offer(self, step: int, params, metrics: dict[str, float]) -> None:
+        name = self.best_metric[0]
+        old = None if self.meta is None else self.meta["metrics"][name]
+        if is_better(self.best_metric, metrics[name], old):
+            self.store.save(step, params, metrics)
+            self.meta = {"step": step, "metrics": dict(metrics)}
+
+    def summary(self) -> dict[str, float] | None:
+        return None if self.meta is None else {"step": self.meta["step"], **self.meta["metrics"]}
+
+
+def _final_evaluations(
+    result: TrainResult, state: _TrainState, task: Task, best, source, config, mesh, writer, workdir
+) -> None:
+    """The hash-count table (LSH models, ``config.eval_hashes``) and, for tasks with a best
+    metric, the test metrics of the best validation checkpoint."""
+    model_cfg = task.model_cfg
+    if config.get("eval_hashes") and "lsh" in model_cfg.attention_pattern:
+        table = hash_table(state.params, model_cfg, source, config, mesh, task=task)
         text = format_hash_table(table, _trained_with(model_cfg, config.seq_len))
         _log("evaluation accuracy by attention at evaluation time:\n" + text)
-        writer.text("hash_table", text, step)
+        writer.text("hash_table", text, state.step)
         if jax.process_index() == 0:
             (workdir / "hash_table.json").write_text(json.dumps(table, indent=2))
-    writer.close()
-    return TrainResult(step, history, eval_metrics, table, interrupted)
+        result.hash_table = table
+    if best is None or best.meta is None:
+        return
+    params = best.store.restore(state.params_target)
+    result.best = best.summary()
+    result.test_metrics = evaluate(params, None, source, config, mesh, task=task, split="test")
+    writer.write(best.meta["step"], "test", result.test_metrics)
+    _log(
+        f"best validation {task.best_metric[0]} {result.best[task.best_metric[0]]:.4f} at step "
+        f"{result.best['step']}; its test accuracy {result.test_metrics['accuracy']:.4f}"
+    )
+    if jax.process_index() == 0:
+        summary = {"best": result.best, "test": result.test_metrics}
+        (workdir / "best.json").write_text(json.dumps(summary, indent=2))
 
 
 def _progress(start: int, total: int):
