@@ -11,7 +11,18 @@ from reformer_jax.train import train_and_evaluate
 from reformer_jax.train.trainer import validate_train_config
 from tests.data.test_imagenet64 import _images, _write_tar
 
-NAMES = ["duplication", "enwik8", "enwik8_small", "imagenet64", "text", "tiny"]
+NAMES = [
+    "duplication",
+    "enwik8",
+    "enwik8_compressive",
+    "enwik8_small",
+    "enwik8_xl",
+    "imagenet64",
+    "text",
+    "text_compressive",
+    "text_xl",
+    "tiny",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -35,6 +46,12 @@ def test_reference_configs_match_the_paper_setups():
     )
     assert image.axial_shape == (64, 64, 3) and image.max_length == 12288
     assert image.ff_activation == "gelu" and image.layer_kinds() == ["lsh"] * 6
+    xl_config = importlib.import_module("configs.enwik8_xl").get_config()
+    xl = ReformerConfig.from_dict(xl_config.model.to_dict())
+    assert (xl.n_layers, xl.d_model, xl.n_heads, xl.d_head, xl.d_ff) == (12, 512, 8, 64, 2048)
+    assert xl_config.seq_len == xl.mem_len == 512 and xl.layer_kinds() == ["relative"] * 12
+    compressive = importlib.import_module("configs.enwik8_compressive").get_config()
+    assert compressive.model.cmem_rate == 3 and compressive.seq_len % 3 == 0
 
 
 def _one_step(config, workdir):
