@@ -68,6 +68,35 @@ class ReformerConfig:
     cmem_rate: int = 3
     cmem_method: str = "conv"
 
+    # Sparse-pattern attention: "star", "bigbird", "longformer", "strided" or "fixed" (Sparse
+    # Transformer). sparse_block_len: BigBird's block, the stride (strided), the block (fixed);
+    # for star / longformer only the kernel's block size (cost, not result).
+    sparse_pattern: str = "bigbird"
+    sparse_block_len: int = 16
+    sparse_window: int = 16  # longformer: tokens each side
+    sparse_dilation: int = 1  # longformer
+    sparse_global_positions: tuple[int, ...] = ()  # longformer: tokens that see and are seen by all
+    sparse_window_blocks: int = 3  # bigbird
+    sparse_global_blocks: int = 2  # bigbird: the first and the last block
+    sparse_random_blocks: int = 3  # bigbird: a static plan per head from sparse_seed
+    sparse_seed: int = 0
+    sparse_summary_len: int = 4  # fixed: the last c positions of every block are seen by all
+    sparse_dropout: float = 0.0
+
+    # Linformer attention (bidirectional only: needs causal=False). Keys and values projected
+    # along the length to linformer_k rows by projections spanning max_len positions. Sharing:
+    # "none" (per head), "head" (one E and one F per layer), "kv" (E = F per layer), "layer"
+    # (one E = F for every Linformer layer of the model).
+    linformer_k: int = 64
+    linformer_sharing: str = "head"
+    linformer_dropout: float = 0.0
+
+    # Performer (FAVOR+) attention: random features drawn like the LSH rotations (per training
+    # step, fixed for evaluation), orthogonal or i.i.d.; causal prefix sums chunk by chunk.
+    performer_n_features: int = 64
+    performer_orthogonal: bool = True
+    performer_chunk_len: int = 64
+
     # Positions: axial (shape and per-axis dims, dims summing to d_model), learned, sinusoidal.
     pos_embedding: str = "axial"
     axial_shape: tuple[int, ...] = (64, 64)
@@ -102,6 +131,7 @@ class ReformerConfig:
         object.__setattr__(self, "attention_pattern", tuple(self.attention_pattern))
         object.__setattr__(self, "axial_shape", tuple(self.axial_shape))
         object.__setattr__(self, "axial_dims", tuple(self.axial_dims))
+        object.__setattr__(self, "sparse_global_positions", tuple(self.sparse_global_positions))
         if isinstance(self.lsh_n_buckets, list | tuple):
             object.__setattr__(self, "lsh_n_buckets", tuple(int(b) for b in self.lsh_n_buckets))
         self.validate()
@@ -235,6 +265,8 @@ class ReformerConfig:
             "local_dropout",
             "full_dropout",
             "relative_dropout",
+            "sparse_dropout",
+            "linformer_dropout",
             "ff_dropout",
         ):
             rate = getattr(self, name)

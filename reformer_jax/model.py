@@ -71,6 +71,13 @@ class ReformerLM(nnx.Module):
         self.positions = PositionalEmbedding(cfg, rngs=rngs)
         blocks = [_stacked_blocks(cfg, kind, rngs) for kind in cfg.attention_pattern]
         self.blocks = nnx.List(blocks)
+        shared = {}
+        for kind in dict.fromkeys(kinds_of(cfg)):
+            params = kind.shared_params(cfg, rngs)
+            if params:
+                shared[kind.name] = nnx.Dict(params)
+        if shared:  # only then: older models keep their exact parameter tree
+            self.shared_attention = nnx.Dict(shared)
         d_out = 2 * cfg.d_model if cfg.residual == "reversible" else cfg.d_model
         self.final_norm = nnx.LayerNorm(
             d_out,
@@ -166,21 +173,35 @@ class ReformerLM(nnx.Module):
         explicit = ("draws", draws) if draws is not None else ("rotations", rotations)
         stacked_draws = self.stacked_draws(length, hash_rng, *explicit)
         attn_graphs, ff_graphs, params = [], [], []
-        for block in self.blocks:
+        for block, kind in zip(self.blocks, kinds_of(cfg), strict=True):
             attn_graph, attn_state = nnx.split(block.attention)
             ff_graph, ff_state = nnx.split(block.feedforward)
             attn_graphs.append(attn_graph)
             ff_graphs.append(ff_graph)
-            params.append((attn_state, ff_state))
+            # Model-level parameters of the kind, broadcast over the groups like the stacked
+            # ones: the stacks need no special case, and autodiff sums their gradients.
+            shared = jax.tree.map(
+                lambda a: jnp.broadcast_to(a, (cfg.n_groups, *a.shape)),
+                self.shared_values(kind),
+            )
+            params.append(((attn_state, shared), ff_state))
 
         def attn_fn(p):
             def fn(prm, x, ctx_p, layer, replay):
                 (mask, drop_key), layer_draws = ctx_p
-                attention = nnx.merge(attn_graphs[p], prm)
+                attn_state, shared = prm
+                attention = nnx.merge(attn_graphs[p], attn_state)
                 key = None
                 if drop_key is not None:
                     key = jax.random.fold_in(jax.random.fold_in(drop_key, layer), _ATTN_STREAM)
-                return attention(x, mask=mask, dropout_key=key, draws=layer_draws, replay=replay)
+                return attention(
+                    x,
+                    mask=mask,
+                    dropout_key=key,
+                    draws=layer_draws,
+                    replay=replay,
+                    shared=shared or None,
+                )
 
             return fn
 
@@ -311,6 +332,13 @@ class ReformerLM(nnx.Module):
             new_memory["cmem_valid"] = valid["cmem_valid"]
         recon = jnp.mean(jnp.stack([jnp.mean(r) for r in recons]))
         return logits, new_memory, recon
+
+    def shared_values(self, kind) -> dict[str, jax.Array]:
+        """Values of ``kind``'s model-level parameters (``kind.shared_params``), or ``{}``."""
+        if not hasattr(self, "shared_attention") or kind.name not in self.shared_attention:
+            return {}
+        params = self.shared_attention[kind.name]
+        return {name: params[name][...] for name in params}
 
     def layer_draws(self, length: int, hash_rng: jax.Array) -> dict[int, Any]:
         """Every drawing layer's draw for sequences of ``length``, by layer index (what

@@ -19,6 +19,7 @@ ENTRY_POINTS = [
             "attention",
             "duplication_table",
             "generate",
+            "lra",
             "memory_scaling",
             "model_memory",
             "peers",

@@ -15,6 +15,19 @@ Classification sources (``config.task = "classification"``) yield
 * ``contains_token``: `synthetic_classes.ContainsToken`, "does the document contain token 1"
   (tests and smoke runs); splits train, validation (= eval), test.
 
+Long Range Arena classification sources (they yield `classification.ClassificationBatch`; common
+batching in `examples.ExampleSource`; splits train, validation (= eval), test):
+
+* ``listops``: `listops.ListOps`, LRA's ListOps (seeded generator writing / reading LRA's TSVs).
+* ``pathfinder`` / ``pathx``: `pathfinder.Pathfinder` / `pathfinder.PathX`, 32x32 / 128x128
+  (seeded generator, or LRA's released folders); vocab 256.
+* ``aan``: `aan.AAN`, LRA Retrieval document pairs ``[B, 2, L]`` from LRA's released TSVs; bytes
+  + 1, vocab 257.
+* ``imdb``: `imdb.IMDb`, LRA Text: byte-level IMDb reviews (TFDS ``imdb_reviews`` or the original
+  archive); bytes + 1, vocab 257.
+* ``cifar10``: `cifar10.Cifar10`, LRA Image: grayscale CIFAR-10 pixels (TFDS ``cifar10`` or the
+  binary archive); vocab 256, length 1024.
+
 ``get_source(name, config, **settings)`` builds one from plain keyword settings (the constructor
 arguments of the class). The enwik8 and imagenet64 modules import tensorflow_datasets, so they are
 imported only when used.
@@ -51,6 +64,13 @@ SOURCES: dict[str, tuple[str, str]] = {
     "imagenet64": ("reformer_jax.data.imagenet64", "ImageNet64"),
     # Classification (ClassificationBatch; num_classes, paired).
     "contains_token": ("reformer_jax.data.synthetic_classes", "ContainsToken"),
+    # Long Range Arena (classification; `ClassificationBatch` es):
+    "listops": ("reformer_jax.data.listops", "ListOps"),
+    "pathfinder": ("reformer_jax.data.pathfinder", "Pathfinder"),
+    "pathx": ("reformer_jax.data.pathfinder", "PathX"),
+    "aan": ("reformer_jax.data.aan", "AAN"),
+    "imdb": ("reformer_jax.data.imdb", "IMDb"),
+    "cifar10": ("reformer_jax.data.cifar10", "Cifar10"),
 }
 
 

@@ -91,7 +91,7 @@ def prefill_impl(model, prompts, lengths, draws: tuple, spec: DecodeSpec):
                 v,
                 lengths=lengths,
                 draws=group_draws[p],
-                params=attn.extra_params(),
+                params=attn.extra_params(model.shared_values(attn.kind)),
             )
             x1 = x1 + attn.merge_heads(out).astype(x1.dtype)
             x2 = x2 + ff(x1)
@@ -131,7 +131,7 @@ def step_impl(model, cache: Cache, tokens: jax.Array, positions: jax.Array):
             v,
             positions,
             draws=layer_draws,
-            params=attn.extra_params(),
+            params=attn.extra_params(model.shared_values(attn.kind)),
         )
         x1 = x1 + attn.merge_heads(out[:, :, None])[:, 0].astype(x1.dtype)
         x2 = x2 + ff(x1[:, None])[:, 0]

@@ -9,17 +9,21 @@ no ``L x L`` array. Causal attention uses prefix sums of ``phi(k) v^T`` (an ``[m
 state per head), which also makes decoding O(m d) per token.
 
 **Stabilisation.** Each attention output is a ratio ``sum_j phi(q).phi(k_j) v_j / sum_j
-phi(q).phi(k_j)``. Multiplying ``phi(q)`` by any positive constant (one per query row) or every
-``phi(k_j)`` by one common constant leaves the ratio unchanged, so the kernel subtracts, inside
-the exponential, the per-row maximum of the query exponents (the largest query feature is then
-exactly 1: no overflow, no all-zero row) and one maximum over all real keys and features (per
-batch row and head) for the keys, as the reference implementation does. A per-key constant would
-NOT cancel (it reweights the keys), which is why the key maximum is shared. The causal kernel and
-the decoder cannot know the maximum over future keys, so they keep a *running* maximum and
-rescale the running sums when it grows (as online softmax does): still one common constant for
-all the keys a query sees, hence still exact. The constants are under ``stop_gradient`` (the
-output does not depend on them). Unlike the reference, no epsilon is added to the features, so
-the kernel equals the random-feature formula exactly.
+phi(q).phi(k_j)`` with ``phi(q).phi(k) = sum_i exp(a_i(q) + a_i(k)) / m`` (``a`` the exponents).
+Dividing feature i of every key by ``exp(c_i)`` and multiplying feature i of the query by the same
+``exp(c_i)`` leaves each product unchanged, and a positive constant per query row cancels in the
+ratio. So the kernel takes ``c_i`` = the maximum of feature i's exponent over the real keys (the
+reference takes one maximum over all keys and features, a special case) and subtracts from the
+query exponents ``a_i(q) + c_i`` their row maximum. Then no exponential overflows, every key sum
+has a term equal to 1, and the query's largest feature meets that term, so the denominator is at
+least ``1 / m`` and never underflows to 0 (with one shared maximum, a key far above the others
+underflows every other key's features in float32 when activations are large). A per-key
+constant would NOT cancel (it reweights the keys). The causal kernel and the decoder cannot see
+future keys, so they keep a *running* per-feature maximum and rescale the running sums when it
+grows (as online softmax does); within a chunk, the chunk's maximum is used by all its queries
+(still exact; the ``1 / m`` floor then holds per chunk boundary, and exactly when decoding). The
+shifts are under ``stop_gradient`` (the output does not depend on them). Unlike the reference, no
+epsilon is added to the features, so the kernel equals the random-feature formula exactly.
 
 **Redrawing.** ``features`` are an argument, like the LSH rotations: the model draws them per
 training step from the step's key (:func:`draw_features`) and uses fixed ones for evaluation and
@@ -82,9 +86,9 @@ class PerformerState(NamedTuple):
     """Running sums of causal Performer attention after some keys, per batch row and head.
 
     ``kv``: ``sum_j phi(k_j) v_j^T`` ``[batch, heads, m, d_v]``; ``normaliser``: ``sum_j
-    phi(k_j)`` ``[batch, heads, m]``; ``shift``: the running maximum of the key exponents
-    ``[batch, heads]`` that every ``phi(k_j)`` in the sums is divided by (``exp(shift)``). Every
-    leaf is batch-first.
+    phi(k_j)`` ``[batch, heads, m]``; ``shift``: the running maximum of the key exponents per
+    feature ``[batch, heads, m]``; feature i of every ``phi(k_j)`` in the sums is divided by
+    ``exp(shift_i)``. Every leaf is batch-first.
     """
 
     kv: jax.Array
@@ -115,11 +119,15 @@ def _exponents(x: jax.Array, features: jax.Array) -> jax.Array:
     return projected - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
 
 
-def _query_features(q: jax.Array, features: jax.Array) -> jax.Array:
-    """phi(q) times a per-row constant (cancels in the ratio): the largest feature is 1/sqrt(m)."""
-    a = _exponents(q, features)
+def _query_features(a_q: jax.Array, key_shift: jax.Array) -> jax.Array:
+    """phi(q) times ``exp(key_shift)`` per feature and a per-row constant (both cancel).
+
+    ``a_q`` ``[b, h, l, m]`` query exponents, ``key_shift`` ``[b, h, m]`` the per-feature shift
+    the key features were divided by. The largest query feature is exactly ``1 / sqrt(m)``.
+    """
+    a = a_q + key_shift[..., None, :]
     a = a - jax.lax.stop_gradient(jnp.max(a, axis=-1, keepdims=True))
-    return jnp.exp(a) / math.sqrt(features.shape[-2])
+    return jnp.exp(a) / math.sqrt(a.shape[-1])
 
 
 def _masked_exponents(a: jax.Array, real: jax.Array) -> jax.Array:
@@ -132,10 +140,12 @@ def _safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
     return num / jnp.where(den > 0, den, 1.0)[..., None]
 
 
-def _noncausal(phi_q: jax.Array, a_k: jax.Array, v: jax.Array, m: int) -> jax.Array:
-    shift = jnp.max(a_k, axis=(-2, -1), keepdims=True)
+def _noncausal(a_q: jax.Array, a_k: jax.Array, v: jax.Array) -> jax.Array:
+    m = a_k.shape[-1]
+    shift = jnp.max(a_k, axis=-2)  # [b, h, m]: per feature, over the real keys
     shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0.0))
-    phi_k = jnp.exp(a_k - shift) / math.sqrt(m)
+    phi_q = _query_features(a_q, shift)
+    phi_k = jnp.exp(a_k - shift[..., None, :]) / math.sqrt(m)
     kv = jnp.einsum("bhlm,bhld->bhmd", phi_k, v)
     normaliser = jnp.sum(phi_k, axis=2)
     num = jnp.einsum("bhlm,bhmd->bhld", phi_q, kv)
@@ -144,20 +154,21 @@ def _noncausal(phi_q: jax.Array, a_k: jax.Array, v: jax.Array, m: int) -> jax.Ar
 
 
 def _causal_chunk(
-    state: PerformerState, phi_q: jax.Array, a_k: jax.Array, v: jax.Array
+    state: PerformerState, a_q: jax.Array, a_k: jax.Array, v: jax.Array
 ) -> tuple[jax.Array, PerformerState]:
-    """One chunk of causal attention: ``phi_q, a_k`` ``[b, h, c, m]``, ``v`` ``[b, h, c, d_v]``.
+    """One causal chunk: exponents ``a_q, a_k`` ``[b, h, c, m]``, ``v`` ``[b, h, c, d_v]``.
 
     Keys of earlier chunks come through the running sums; within the chunk an exact masked
     ``c x c`` quadratic form ``tril(phi(Q) phi(K)^T)``. Padded keys have ``a_k = -inf``.
     """
     m = a_k.shape[-1]
-    shift = jax.lax.stop_gradient(jnp.maximum(state.shift, jnp.max(a_k, axis=(-2, -1))))
+    shift = jax.lax.stop_gradient(jnp.maximum(state.shift, jnp.max(a_k, axis=-2)))
     # Before the first real key shift stays at the initial floor: rescale by 1 (sums are 0).
     rescale = jnp.exp(state.shift - shift)
-    kv = state.kv * rescale[..., None, None]
-    normaliser = state.normaliser * rescale[..., None]
-    phi_k = jnp.exp(a_k - shift[..., None, None]) / math.sqrt(m)
+    kv = state.kv * rescale[..., None]
+    normaliser = state.normaliser * rescale
+    phi_k = jnp.exp(a_k - shift[..., None, :]) / math.sqrt(m)
+    phi_q = _query_features(a_q, shift)
     c = a_k.shape[2]
     lower = jnp.arange(c)[:, None] >= jnp.arange(c)[None, :]
     within = jnp.where(lower, jnp.einsum("bhqm,bhkm->bhqk", phi_q, phi_k), 0.0)
@@ -177,7 +188,7 @@ def performer_decode_init(
         kv=jnp.zeros((batch, heads, n_features, d_v), dtype),
         normaliser=jnp.zeros((batch, heads, n_features), dtype),
         # A finite floor, not -inf: exp(floor - floor) = 1 while no real key has been seen.
-        shift=jnp.full((batch, heads), floor, dtype),
+        shift=jnp.full((batch, heads, n_features), floor, dtype),
     )
 
 
@@ -202,10 +213,10 @@ def _causal(
 ) -> tuple[jax.Array, PerformerState]:
     length = q.shape[2]
     chunk_len = min(chunk_len, length)
-    phi_q = _query_features(q, features)
+    a_q = _exponents(q, features)
     a_k = _masked_exponents(_exponents(k, features), real[:, None, :])
     # Padding to a multiple of the chunk: padded keys are -inf (feature 0), padded queries dropped.
-    phi_q = pad_to_multiple(phi_q, chunk_len, axis=2)
+    a_q = pad_to_multiple(a_q, chunk_len, axis=2)
     a_k = pad_to_multiple(a_k, chunk_len, axis=2, value=-jnp.inf)
     v = pad_to_multiple(v, chunk_len, axis=2)
 
@@ -218,7 +229,7 @@ def _causal(
         out, carry = _causal_chunk(carry, *xs)
         return carry, out
 
-    state, out = jax.lax.scan(step, state, (chunks(phi_q), chunks(a_k), chunks(v)))
+    state, out = jax.lax.scan(step, state, (chunks(a_q), chunks(a_k), chunks(v)))
     out = jnp.moveaxis(out, 0, 2).reshape(*q.shape[:2], -1, v.shape[-1])
     return out[:, :, :length], state
 
@@ -271,9 +282,8 @@ def performer_attention(
     out_dtype = v.dtype
     q, k, v, features, real = _prepare(name, q, k, v, features, mask)
     if not causal:
-        phi_q = _query_features(q, features)
         a_k = _masked_exponents(_exponents(k, features), real[:, None, :])
-        return _noncausal(phi_q, a_k, v, features.shape[-2]).astype(out_dtype)
+        return _noncausal(_exponents(q, features), a_k, v).astype(out_dtype)
     if q.shape[2] != k.shape[2]:
         raise ValueError(f"{name}: causal needs len_q == len_k, got {q.shape} and {k.shape}")
     b, h = q.shape[:2]
@@ -342,7 +352,6 @@ def performer_decode_step(
     mask = None if mask_t is None else mask_t[:, None]
     q, k, v, features, real = _prepare(name, q_t, k_t, v_t, features, mask)
     state = jax.tree.map(lambda x: x.astype(q.dtype), state)
-    phi_q = _query_features(q, features)
     a_k = _masked_exponents(_exponents(k, features), real[:, None, :])
-    out, state = _causal_chunk(state, phi_q, a_k, v)
+    out, state = _causal_chunk(state, _exponents(q, features), a_k, v)
     return out.astype(v_t.dtype), state

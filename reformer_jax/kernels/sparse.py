@@ -172,6 +172,57 @@ class SparsePattern:
         index, valid = index[..., :max_keys], valid[..., :max_keys]
         return KeyPositions(np.where(valid, index, 0).astype(np.int32), valid, attends_all)
 
+    def key_positions_at(
+        self, length: int, position: jax.Array | int, n_heads: int = 1
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The keys causal query ``position`` attends to, in JAX (``position`` may be traced).
+
+        The decoding step's primitive: ``O(keys per query)`` work and memory, whatever the
+        length (``key_positions`` builds every row at once, ``O(length x max_keys)``).
+
+        Args:
+          length: the sequence's total length (the plan, e.g. BigBird's last block and random
+            blocks, depends on it: decode with the length the kernel would see).
+          position: int scalar, the query's position (< length).
+          n_heads: heads (plans differ per head when :attr:`per_head`).
+
+        Returns:
+          ``(index [heads or 1, n_keys] int32, valid [heads or 1, n_keys] bool, attends_all
+          bool scalar)``: ``n_keys`` is static; invalid entries (index 0) are not attended to;
+          when ``attends_all`` the query is a global one and attends to every key ``<= position``
+          (``index`` then lists nothing valid).
+        """
+        plan = self.plan(length, n_heads)
+        bl, nb = plan.block_len, plan.n_blocks
+        position = jnp.asarray(position, jnp.int32)
+        block = position // bl
+        is_global_key = np.zeros(nb * bl, bool)
+        is_global_key[plan.global_keys] = True
+        blocks = jnp.asarray(plan.key_blocks)[:, block]  # [heads, nk]
+        has = blocks >= 0
+        k_pos = (jnp.where(has, blocks, 0)[:, :, None] * bl + jnp.arange(bl)).reshape(
+            blocks.shape[0], -1
+        )
+        ok = jnp.repeat(has, bl, axis=-1) & ~jnp.asarray(is_global_key)[k_pos]
+        rule = self._rule(position, k_pos)
+        if rule is not None:
+            ok = ok & rule
+        index, valid = [k_pos], [ok]
+        heads = blocks.shape[0]
+        if plan.global_keys.size:
+            gk = jnp.broadcast_to(jnp.asarray(plan.global_keys), (heads, plan.global_keys.size))
+            index.append(gk)
+            valid.append(jnp.ones(gk.shape, bool))
+        if plan.columns:
+            col = jnp.arange(nb, dtype=jnp.int32) * bl + position % bl
+            col = jnp.broadcast_to(col, (heads, nb))
+            index.append(col)
+            valid.append((col != position) & ~jnp.asarray(is_global_key)[col])
+        index = jnp.concatenate(index, -1).astype(jnp.int32)
+        attends_all = jnp.isin(position, jnp.asarray(plan.global_queries))
+        valid = jnp.concatenate(valid, -1) & (index <= position) & ~attends_all
+        return jnp.where(valid, index, 0), valid, attends_all
+
     def dense_mask(self, length: int, n_heads: int = 1) -> np.ndarray:
         """The boolean ``[n_heads if per_head else 1, length, length]`` mask the kernel computes.
 

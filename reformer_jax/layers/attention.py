@@ -17,12 +17,18 @@ from reformer_jax import kernels
 from reformer_jax.config import ReformerConfig
 from reformer_jax.layers.kinds.base import AttentionKind
 from reformer_jax.layers.kinds.full import Full
+from reformer_jax.layers.kinds.linformer import Linformer
 from reformer_jax.layers.kinds.local import Local
 from reformer_jax.layers.kinds.lsh import LSH, layer_rotations, lsh_n_buckets
+from reformer_jax.layers.kinds.performer import Performer
 from reformer_jax.layers.kinds.relative import Relative
+from reformer_jax.layers.kinds.sparse import Sparse
 
 #: Every attention kind by its ``attention_pattern`` name.
-KINDS: dict[str, AttentionKind] = {kind.name: kind for kind in (LSH(), Local(), Full(), Relative())}
+KINDS: dict[str, AttentionKind] = {
+    kind.name: kind
+    for kind in (LSH(), Local(), Full(), Sparse(), Linformer(), Performer(), Relative())
+}
 ATTENTION_KINDS = tuple(KINDS)
 
 __all__ = [
@@ -130,11 +136,12 @@ class SelfAttention(nnx.Module):
             return self._heads(self.qk(h_BLD)), None, v
         return self._heads(self.q(h_BLD)), self._heads(self.k(h_BLD)), v
 
-    def extra_params(self) -> dict[str, jax.Array] | None:
-        """Values of the kind's extra parameters (None if it has none)."""
-        if not self.extra_names:
-            return None
-        return {name: getattr(self, name)[...] for name in self.extra_names}
+    def extra_params(self, shared: dict[str, jax.Array] | None = None) -> dict | None:
+        """Values of the kind's extra parameters, the layer's own and the model-level
+        ``shared`` ones (None if there are none)."""
+        values = {name: getattr(self, name)[...] for name in self.extra_names}
+        values.update(shared or {})
+        return values or None
 
     def merge_heads(self, out_BHLd: jax.Array) -> jax.Array:
         """Output projection of the heads ``[B, H, L, d_head] -> [B, L, d_model]``."""
@@ -149,6 +156,7 @@ class SelfAttention(nnx.Module):
         dropout_key: jax.Array | None = None,
         draws: Any = None,
         replay: Any = None,
+        shared: dict[str, jax.Array] | None = None,
         memory_BMD: jax.Array | None = None,
         memory_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, Any]:
@@ -156,7 +164,8 @@ class SelfAttention(nnx.Module):
 
         ``dropout_key`` None means deterministic (no dropout). ``draws`` is what the kind's
         ``draw`` returned (LSH: the rotations of :func:`layer_rotations`); ``replay`` what an
-        earlier call returned, to recompute exactly that call (the reversible backward).
+        earlier call returned, to recompute exactly that call (the reversible backward);
+        ``shared`` the values of the kind's model-level parameters (``shared_params``).
 
         ``memory_BMD`` (kinds with ``takes_memory``, Transformer-XL): ``M`` earlier states of
         this layer's input, oldest first; the segment's queries attend over keys of
@@ -192,7 +201,7 @@ class SelfAttention(nnx.Module):
             dropout_key=attn_key,
             draws=draws,
             replay=replay,
-            params=self.extra_params(),
+            params=self.extra_params(shared),
         )
         y = self.merge_heads(out)
         if hidden_key is not None and self.cfg.hidden_dropout > 0:

@@ -27,7 +27,9 @@ def test_get_source_tfds_sources(tmp_path):
 
 
 def test_get_source_errors():
-    with pytest.raises(ValueError, match=r"'duplication', 'enwik8', 'imagenet64', 'text'"):
+    with pytest.raises(
+        ValueError, match=r"'aan', 'cifar10', 'duplication', 'enwik8', 'imagenet64'"
+    ):
         get_source("wikitext")
     with pytest.raises(ValueError, match=r"Unknown setting\(s\) \['seqlen'\].*'seq_len'"):
         get_source("duplication", seqlen=64)

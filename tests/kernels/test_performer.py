@@ -81,23 +81,69 @@ def test_values_and_gradients_match_dense_formula(x64, causal, per_head, chunk_l
 
 
 def test_large_activations_stay_finite_and_exact(x64):
-    """Catches: no stabiliser (exp overflows) or a stabiliser that is not a common constant:
-    with |q|, |k| ~ 30 the raw features overflow even in float64 (exponents ~ 1e3)."""
+    """Catches: no stabiliser, one that is not a common constant (a per-key maximum), or the
+    reference's single maximum over keys and features. With |q|, |k| ~ 34 (d = 8) the exponents
+    are ~ -200 +- 100: unstabilised float32 features underflow to 0 (0/0), and with one shared
+    key maximum the keys below the largest one underflow. The float32 kernel must match the
+    float64 log-space softmax of the same random-feature estimate. Causal with chunk_len=1 (what
+    decoding does): within a chunk the chunk's maximum is shared by its queries, which at this
+    extreme scale loses keys for queries early in the chunk (documented)."""
     length = 12
-    q, k, v = _inputs(2, length, scale=12.0)
-    w = draw_features(jax.random.key(3), M, D, dtype=jnp.float64)
-    # Reference in extended range: log-space dense formula.
-    d = D
-    log_phi = lambda x: x @ w.T / d**0.25 - jnp.sum(x * x, -1, keepdims=True) / (2 * math.sqrt(d))  # noqa: E731
+    q, k, v = (x.astype(jnp.float32) for x in _inputs(2, length, scale=12.0))
+    w = draw_features(jax.random.key(3), M, D, dtype=jnp.float32)
+    q64, k64, v64, w64 = (x.astype(jnp.float64) for x in (q, k, v, w))
+
+    def log_phi(x):
+        return x @ w64.T / D**0.25 - jnp.sum(x * x, -1, keepdims=True) / (2 * math.sqrt(D))
+
     for causal in (False, True):
-        out = performer_attention(q, k, v, w, causal=causal, chunk_len=5)
+        out = performer_attention(q, k, v, w, causal=causal, chunk_len=1)
+        assert out.dtype == jnp.float32
         assert np.isfinite(np.asarray(out)).all()
-        lq, lk = log_phi(q), log_phi(k)
+        lq, lk = log_phi(q64), log_phi(k64)
         logits = jax.nn.logsumexp(lq[..., :, None, :] + lk[..., None, :, :], axis=-1)
         if causal:
             logits = jnp.where(jnp.tril(jnp.ones((length, length), bool)), logits, -jnp.inf)
-        want = jax.nn.softmax(logits, axis=-1) @ v
-        np.testing.assert_allclose(out, want, rtol=1e-8, atol=1e-10)
+        want = jax.nn.softmax(logits, axis=-1) @ v64
+        np.testing.assert_allclose(out, want, rtol=1e-3, atol=1e-3)
+
+
+def test_query_on_a_feature_no_key_dominates_keeps_its_keys(x64):
+    """Catches: the reference's single key maximum over all features instead of one per feature.
+    A query aligned with feature 0 (its other features are ~e^-140 smaller) meets keys
+    anti-aligned with feature 0 (their feature 0 is ~e^-140 below their others): with a shared
+    key shift every product underflows in float32 and the output is 0; shifting each feature by
+    its own key maximum (compensated in the query) keeps the denominator >= 1/m."""
+    w = draw_features(jax.random.key(3), M, D, dtype=jnp.float32)
+    u = w[0] / jnp.linalg.norm(w[0])
+    x_scale = D**0.25  # x = x' d^(1/4)
+    q = jnp.broadcast_to(50.0 * u * x_scale, (1, 1, 4, D))
+    noise = jax.random.normal(jax.random.key(4), (1, 1, 6, D), jnp.float32) * 0.3
+    k = (-50.0 * u + noise) * x_scale
+    v = jax.random.normal(jax.random.key(5), (1, 1, 6, D), jnp.float32)
+    q64, k64, v64, w64 = (x.astype(jnp.float64) for x in (q, k, v, w))
+
+    def log_phi(x):
+        return x @ w64.T / D**0.25 - jnp.sum(x * x, -1, keepdims=True) / (2 * math.sqrt(D))
+
+    logits = jax.nn.logsumexp(log_phi(q64)[..., :, None, :] + log_phi(k64)[..., None, :, :], -1)
+    want = jax.nn.softmax(logits, axis=-1) @ v64
+    out = performer_attention(q, k, v, w)
+    np.testing.assert_allclose(out, want, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        performer_attention(k, k, v, w, causal=True, chunk_len=1)[:, :, -1],
+        (
+            jax.nn.softmax(
+                jax.nn.logsumexp(
+                    log_phi(k64)[..., -1:, None, :] + log_phi(k64)[..., None, :, :], -1
+                ),
+                axis=-1,
+            )
+            @ v64
+        )[:, :, 0],
+        rtol=1e-3,
+        atol=1e-3,
+    )
 
 
 def test_padded_keys_change_nothing(x64):
@@ -239,7 +285,7 @@ def test_decoding_steps_equal_the_causal_kernel(x64):
         out_t, state = performer_decode_step(state, q[:, :, s], k[:, :, s], v[:, :, s], w)
         np.testing.assert_allclose(out_t[:, :, 0], want[:, :, t], rtol=1e-10, atol=1e-12)
     # same running sums once expressed with the same shift
-    scale = jnp.exp(state.shift - stepped.shift)[..., None]
+    scale = jnp.exp(state.shift - stepped.shift)
     np.testing.assert_allclose(state.normaliser * scale, stepped.normaliser, rtol=1e-10)
 
 

@@ -200,3 +200,133 @@ def test_unknown_kind_error_lists_the_valid_kinds():
     except ValueError as error:
         message = str(error)
     assert all(name in message for name in KINDS) and "\n" not in message
+
+
+# ------------------------------------------------------------------------------------------------
+# The survey's families: sparse patterns, Linformer, Performer.
+
+_SPARSE = {
+    "star": dict(sparse_block_len=4),
+    "bigbird": dict(sparse_block_len=2, sparse_random_blocks=1, sparse_seed=5),
+    "longformer": dict(sparse_window=2, sparse_global_positions=(3,), sparse_dilation=2),
+    "strided": dict(sparse_block_len=3),
+    "fixed": dict(sparse_block_len=4, sparse_summary_len=2),
+}
+
+
+@pytest.mark.parametrize("pattern", list(_SPARSE))
+def test_sparse_kind_builds_the_configured_pattern(pattern):
+    """Catches a config field not reaching the pattern (block, window, dilation, global
+    positions, random blocks, seed, summary length) or the causal flag / mask being dropped: the
+    kind equals dense attention restricted to the kernel's pattern built by hand."""
+    cfg = tiny_config(attention_pattern=("sparse",), sparse_pattern=pattern, **_SPARSE[pattern])
+    constructors = dict(
+        star=lambda: kernels.star_pattern(4),
+        bigbird=lambda: kernels.bigbird_pattern(2, n_random_blocks=1, seed=5),
+        longformer=lambda: kernels.longformer_pattern(2, (3,), dilation=2, block_len=16),
+        strided=lambda: kernels.strided_pattern(3),
+        fixed=lambda: kernels.fixed_pattern(4, 2),
+    )
+    want_pattern = constructors[pattern]()
+    q, k, v = _qkv(4)
+    mask = _mask()
+    got, replay = attend("sparse", cfg, q, k, v, mask=mask, dropout_key=None)
+    allowed = want_pattern.dense_mask(L, H)[None] & mask[:, None, None, :]
+    want = kernels.full_attention(q, k, v, causal=True, mask=allowed)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert replay is None
+
+
+@pytest.mark.parametrize("sharing", ["none", "head", "kv", "layer"])
+def test_linformer_kind_uses_the_projections_of_its_sharing_level(sharing):
+    """Catches projections of the wrong shape for a sharing level, E and F swapped, E = F not
+    tied under "kv", the layer-level matrix not reaching the kernel under "layer", or the
+    padding mask dropped (checked against the paper's formula written densely)."""
+    cfg = tiny_config(
+        attention_pattern=("linformer",), causal=False, linformer_k=3, linformer_sharing=sharing
+    )
+    layer = SelfAttention(cfg, "linformer", rngs=nnx.Rngs(0))
+    kind = KINDS["linformer"]
+    shared = {n: p[...] for n, p in kind.shared_params(cfg, nnx.Rngs(1)).items()}
+    params = layer.extra_params(shared)
+    expected = dict(
+        none={"proj_k": (H, 3, cfg.max_len), "proj_v": (H, 3, cfg.max_len)},
+        head={"proj_k": (3, cfg.max_len), "proj_v": (3, cfg.max_len)},
+        kv={"proj": (3, cfg.max_len)},
+        layer={"proj": (3, cfg.max_len)},
+    )[sharing]
+    assert {n: a.shape for n, a in params.items()} == expected
+    assert (sharing == "layer") == bool(shared) and (sharing == "layer") != bool(layer.extra_names)
+    e = np.asarray(params.get("proj_k", params.get("proj")), np.float64)[..., :L]
+    f = np.asarray(params.get("proj_v", params.get("proj")), np.float64)[..., :L]
+    q, k, v = (np.asarray(a, np.float64) for a in _qkv(5))
+    real = _mask()[:, None, :, None]
+    k, v = k * real, v * real
+    if e.ndim == 2:
+        e, f = e[None], f[None]
+    ek, fv = np.einsum("hrl,bhld->bhrd", e, k), np.einsum("hrl,bhld->bhrd", f, v)
+    scores = np.einsum("bhqd,bhrd->bhqr", q, ek) / np.sqrt(D)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    want = np.einsum("bhqr,bhrd->bhqd", probs / probs.sum(-1, keepdims=True), fv)
+    q, k, v = _qkv(5)
+    got, _ = attend("linformer", cfg, q, k, v, mask=_mask(), dropout_key=None, params=params)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_performer_kind_draws_features_and_runs_favor(causal):
+    """Catches features of the wrong shape (shared instead of per head), the orthogonal flag or
+    the feature count not reaching the draw, and the causal flag or mask dropped (checked
+    against the random-feature formula written densely)."""
+    cfg = tiny_config(
+        attention_pattern=("performer",),
+        causal=causal,
+        performer_n_features=6,
+        performer_orthogonal=False,
+        performer_chunk_len=3,
+    )
+    kind = KINDS["performer"]
+    key = jax.random.key(2)
+    features = kind.draw(cfg, key, L)
+    want_features = kernels.draw_features(key, 6, D, False, heads=H)
+    np.testing.assert_array_equal(features, want_features)
+    q, k, v = (np.asarray(a, np.float64) for a in _qkv(6))
+    w = np.asarray(features, np.float64)
+
+    def phi(x):
+        x = x * D**-0.25
+        return np.exp(np.einsum("bhld,hmd->bhlm", x, w) - 0.5 * (x * x).sum(-1, keepdims=True))
+
+    weights = np.einsum("bhqm,bhkm->bhqk", phi(q), phi(k)) * _mask()[:, None, None, :]
+    if causal:
+        weights = weights * np.tril(np.ones((L, L)))
+    want = np.einsum("bhqk,bhkd->bhqd", weights / weights.sum(-1, keepdims=True), v)
+    q, k, v = _qkv(6)
+    got, replay = attend("performer", cfg, q, k, v, mask=_mask(), dropout_key=None, draws=features)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert replay is None
+
+
+def test_new_kinds_config_errors_are_one_line_and_name_the_setting():
+    """Catches a bad sparse / Linformer / Performer setting accepted silently (or failing later
+    inside a kernel with an error that does not name the config field)."""
+    cases = {
+        "model.sparse_pattern": dict(sparse_pattern="diagonal"),
+        "model.sparse_window_blocks": dict(sparse_window_blocks=2),
+        "model.sparse_summary_len": dict(sparse_pattern="fixed", sparse_summary_len=99),
+        "model.linformer_sharing": dict(linformer_sharing="all"),
+        "model.linformer_k": dict(linformer_k=0),
+        "model.performer_n_features": dict(performer_n_features=0),
+        "model.performer_orthogonal": dict(performer_orthogonal="yes"),
+        "model.causal": dict(attention_pattern=("linformer",), causal=True),
+        "model.max_len": dict(
+            attention_pattern=("linformer",), causal=False, max_len=16, axial_shape=(4, 8)
+        ),
+    }
+    for setting, overrides in cases.items():
+        with pytest.raises(ValueError) as error:
+            tiny_config(**overrides)
+        message = str(error.value)
+        assert message.startswith(setting + ":") and "\n" not in message, message
+    with pytest.raises(ValueError, match="mixes future positions"):
+        tiny_config(attention_pattern=("linformer",), causal=True)

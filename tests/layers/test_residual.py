@@ -215,3 +215,103 @@ def test_cached_decoding_refuses_the_standard_stack_clearly():
     with pytest.raises(ValueError, match="residual='reversible' only.*use_cache=False"):
         decode_spec(cfg, 16)
     decode_spec(cfg, 16, cached=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# The survey's families in the standard stack, against their math written densely.
+
+
+def _family_attention(h, w, kind, cfg, features, causal):
+    """Dense float64 attention of one layer: sparse (the pattern's mask), Linformer (the paper's
+    formula), Performer (the random-feature formula with the layer's ``features``)."""
+    b, length, _ = h.shape
+
+    def heads(x):
+        return x.reshape(b, length, cfg.n_heads, cfg.d_head).transpose(0, 2, 1, 3)
+
+    q, k, v = heads(h @ w["q"]), heads(h @ w["k"]), heads(h @ w["v"])
+    tril = np.tril(np.ones((length, length), bool)) if causal else np.ones((length, length), bool)
+    if kind == "performer":
+
+        def phi(x):
+            x = x * cfg.d_head**-0.25
+            proj = jnp.einsum("bhld,hmd->bhlm", x, features)
+            return jnp.exp(proj - 0.5 * jnp.sum(x * x, -1, keepdims=True))
+
+        weights = jnp.einsum("bhqm,bhkm->bhqk", phi(q), phi(k)) * tril
+        probs = weights / jnp.sum(weights, -1, keepdims=True)
+    elif kind == "linformer":
+        e, f = w["proj_k"][:, :length], w["proj_v"][:, :length]
+        k, v = jnp.einsum("rl,bhld->bhrd", e, k), jnp.einsum("rl,bhld->bhrd", f, v)
+        scores = jnp.einsum("bhqd,bhrd->bhqr", q, k) / np.sqrt(cfg.d_head)
+        probs = jax.nn.softmax(scores, axis=-1)
+    else:
+        from reformer_jax.layers.kinds.sparse import sparse_pattern
+
+        allowed = sparse_pattern(cfg).dense_mask(length, cfg.n_heads) & tril
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / np.sqrt(cfg.d_head)
+        probs = jax.nn.softmax(jnp.where(allowed, scores, -1e9), axis=-1)
+    out = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(b, length, -1)
+    return out @ w["out"]
+
+
+def family_reference_logits(model: ReformerLM, tokens):
+    """As :func:`reference_logits`, with the families' dense attention."""
+    cfg = model.cfg
+    length = tokens.shape[1]
+    features = model.layer_draws(length, jax.random.key(0))  # the evaluation default draws
+    x = model.embed(tokens) + model.positions(length)[None]
+    n_pattern = len(cfg.attention_pattern)
+    for layer in range(cfg.n_layers):
+        g, p = divmod(layer, n_pattern)
+        attn, ff = model.blocks[p].attention, model.blocks[p].feedforward
+        kind = cfg.attention_pattern[p]
+        w = {n: getattr(attn, n).kernel[g] for n in ("q", "k", "v", "out")}
+        if kind == "linformer":
+            w.update(proj_k=attn.proj_k[g], proj_v=attn.proj_v[g])
+        h = _layer_norm(x, attn.norm.scale[g], attn.norm.bias[g], cfg.ln_eps)
+        x = x + _family_attention(h, w, kind, cfg, features.get(layer), cfg.causal)
+        h = _layer_norm(x, ff.norm.scale[g], ff.norm.bias[g], cfg.ln_eps)
+        h = jax.nn.relu(h @ ff.dense_in.kernel[g] + ff.dense_in.bias[g])
+        x = x + h @ ff.dense_out.kernel[g] + ff.dense_out.bias[g]
+    norm = model.final_norm
+    h = _layer_norm(x, norm.scale[...], norm.bias[...], cfg.ln_eps)
+    return h @ model.head.kernel[...] + model.head.bias[...]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "causal, pattern", [(True, ("sparse", "performer")), (False, ("linformer", "sparse"))]
+)
+def test_standard_stack_with_the_survey_families_matches_dense_math(x64, causal, pattern):
+    """Catches a family that misbehaves outside the reversible stack: the wrong features, the
+    causal flag or the pattern not reaching the kernel, Linformer's E and F swapped, or missing
+    gradients for the families' parameters (values and gradients against dense float64)."""
+    cfg = tiny_config(
+        n_layers=2 * len(pattern),
+        attention_pattern=pattern,
+        causal=causal,
+        residual="standard",
+        sparse_pattern="longformer",
+        sparse_window=2,
+        sparse_global_positions=(5,),
+        sparse_block_len=4,
+        linformer_k=6,
+        max_len=32,
+        performer_n_features=8,
+        performer_chunk_len=5,
+        dtype="float64",
+        param_dtype="float64",
+    )
+    model = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 23), 0, cfg.vocab_size)
+    np.testing.assert_allclose(model(tokens), family_reference_logits(model, tokens), rtol=1e-9)
+    loss, grads = _loss_and_grads(model, tokens, lambda m, t: m(t))
+    ref_loss, ref_grads = _loss_and_grads(model, tokens, family_reference_logits)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-11)
+    flat, ref_flat = jax.tree.leaves(grads), jax.tree.leaves(ref_grads)
+    assert len(flat) == len(ref_flat) > 10
+    for a, b in zip(flat, ref_flat, strict=True):
+        scale = float(jnp.max(jnp.abs(b)))
+        assert scale > 0
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-9 * scale

@@ -42,6 +42,55 @@ def test_reversible_gradients_equal_autodiff_with_dropout_and_mixed_pattern(x64)
         assert float(jnp.max(jnp.abs(a - b))) <= 1e-8 * scale
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "causal, pattern",
+    [
+        (True, ("sparse", "performer")),
+        (False, ("linformer", "sparse", "performer")),
+    ],
+)
+def test_reversible_gradients_equal_autodiff_for_the_survey_families(x64, causal, pattern):
+    """Catches a family whose recomputation in the reversible backward differs from its forward
+    (Performer features redrawn, BigBird's random plan changing, dropout keys not replayed) or
+    whose extra parameters get no or wrong gradients (Linformer's model-level matrix, shared by
+    every layer, must get the sum over them)."""
+    cfg = tiny_config(
+        n_layers=2 * len(pattern),
+        attention_pattern=pattern,
+        causal=causal,
+        dtype="float64",
+        param_dtype="float64",
+        hidden_dropout=0.1,
+        sparse_dropout=0.1,
+        linformer_dropout=0.1,
+        sparse_pattern="bigbird",
+        sparse_block_len=4,
+        sparse_random_blocks=1,
+        linformer_k=6,
+        linformer_sharing="layer",
+        performer_n_features=8,
+        performer_chunk_len=4,
+        max_len=32,
+    )
+    tokens = jax.random.randint(jax.random.key(1), (2, 30), 0, cfg.vocab_size)
+    rng = jax.random.key(3)
+    rev = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    plain = ReformerLM(cfg.replace(reversible=False), rngs=nnx.Rngs(0))
+    loss_r, g_r = loss_and_grads(rev, tokens, rng)
+    loss_p, g_p = loss_and_grads(plain, tokens, rng)
+    np.testing.assert_allclose(loss_r, loss_p, rtol=1e-12)
+    flat_r, flat_p = jax.tree.leaves(g_r), jax.tree.leaves(g_p)
+    assert len(flat_r) == len(flat_p) > 20
+    for a, b in zip(flat_r, flat_p, strict=True):
+        scale = float(jnp.max(jnp.abs(b)))
+        assert scale > 0
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-8 * scale
+    if not causal:  # the model-level Linformer matrix: its gradient sums every layer's share
+        shared = g_r["shared_attention"]["linformer"]["proj"]
+        assert float(jnp.max(jnp.abs(shared))) > 0
+
+
 def _train_temp_bytes(n_layers: int, reversible: bool, length: int = 16384) -> int:
     cfg = ReformerConfig(
         vocab_size=256,
@@ -93,3 +142,43 @@ def test_compiled_program_does_not_grow_with_depth():
 
     small, large = hlo_size(2), hlo_size(24)
     assert large < 1.05 * small, (small, large)
+
+
+def test_linformer_layer_sharing_gradient_is_the_sum_over_layers(x64):
+    """Catches a model-level (layerwise-shared) Linformer matrix whose gradient is not the sum
+    of what every layer contributes (e.g. only the first group's), against the same model with
+    one copy of the matrix per layer."""
+    cfg = tiny_config(
+        n_layers=4,
+        attention_pattern=("linformer", "local"),
+        causal=False,
+        linformer_k=5,
+        linformer_sharing="layer",
+        max_len=32,
+        dtype="float64",
+        param_dtype="float64",
+    )
+    shared_model = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    copies = ReformerLM(cfg.replace(linformer_sharing="kv"), rngs=nnx.Rngs(0))
+    flat_shared = dict(nnx.to_flat_state(nnx.state(shared_model, nnx.Param)))
+    proj = flat_shared["shared_attention", "linformer", "proj"].get_value()
+    graphdef, state = nnx.split(copies, nnx.Param)
+    flat = []
+    for path, variable in nnx.to_flat_state(state):
+        if path in flat_shared:
+            flat.append((path, variable.replace(flat_shared[path].get_value())))
+        else:  # the per-layer copies [n_groups, k, max_len]
+            assert path == ("blocks", 0, "attention", "proj")
+            flat.append((path, variable.replace(jnp.broadcast_to(proj, variable.shape))))
+    copies = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    tokens = jax.random.randint(jax.random.key(2), (2, 27), 0, cfg.vocab_size)
+    loss_s, g_s = loss_and_grads(shared_model, tokens)
+    loss_c, g_c = loss_and_grads(copies, tokens)
+    np.testing.assert_allclose(loss_s, loss_c, rtol=1e-12)
+    summed = jnp.sum(g_c["blocks"][0]["attention"]["proj"][...], axis=0)
+    np.testing.assert_allclose(g_s["shared_attention"]["linformer"]["proj"][...], summed, rtol=1e-9)
+    np.testing.assert_allclose(
+        g_s["blocks"][1]["attention"]["q"]["kernel"][...],
+        g_c["blocks"][1]["attention"]["q"]["kernel"][...],
+        rtol=1e-9,
+    )

@@ -20,6 +20,8 @@ NAMES = [
     "imagenet64",
     "text",
     "text_compressive",
+    "text_performer",
+    "text_sparse",
     "text_xl",
     "tiny",
 ]

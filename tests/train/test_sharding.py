@@ -35,3 +35,27 @@ def test_indivisible_dimensions_are_replicated():
     mesh = shd.make_mesh((1, 8))
     assert shd._divisible(P(None, "model"), (4, 6), mesh) == P(None, None)
     assert shd._divisible(P(None, "model"), (4, 16), mesh) == P(None, "model")
+
+
+def test_the_families_parameters_follow_the_rules():
+    """Catches a family parameter without logical axes (it would be placed arbitrarily) or a
+    Linformer projection sharded along its length (every device needs every position)."""
+    mesh = shd.make_mesh((4, 2))
+    cfg = tiny_config(
+        attention_pattern=("sparse", "linformer", "performer"),
+        n_layers=3,
+        causal=False,
+        linformer_sharing="layer",
+        max_len=32,
+    )
+    state = nnx.state(nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    shardings = shd.param_shardings(mesh, state)
+    for p in range(3):  # separate q / k / v projections: heads on the model axis
+        attention = shardings["blocks"][p]["attention"]
+        assert attention["q"]["kernel"].get_value().spec == P(None, None, "model")
+    proj = shardings["shared_attention"]["linformer"]["proj"].get_value()
+    assert proj.spec == P(None, None)
+    cfg = cfg.replace(linformer_sharing="none")
+    state = nnx.state(nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    per_head = shd.param_shardings(mesh, state)["blocks"][1]["attention"]["proj_k"]
+    assert per_head.get_value().spec == P(None, None, None, None)

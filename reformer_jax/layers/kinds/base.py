@@ -49,6 +49,11 @@ class AttentionKind:
         """Extra ``nnx.Param`` objects of one layer, by attribute name (none by default)."""
         return {}
 
+    def shared_params(self, cfg: ReformerConfig, rngs: Any) -> dict[str, Any]:
+        """``nnx.Param`` objects shared by every layer of this kind in the model (Linformer's
+        layerwise sharing); the model holds them and hands their values to each layer."""
+        return {}
+
     def draw(self, cfg: ReformerConfig, key: jax.Array, length: int) -> Any:
         """The per-call random inputs of one layer for sequences of ``length`` (a pytree of
         arrays without a batch axis, or None). The model derives ``key`` from the step's key and
@@ -74,7 +79,7 @@ class AttentionKind:
         ``mask`` ``[B, L]`` True for real tokens; ``dropout_key`` None is deterministic;
         ``draws`` what :meth:`draw` returned; ``replay`` None in the forward pass, or what the
         forward pass returned (the reversible backward recomputes with it); ``params`` the
-        values of :meth:`params`.
+        values of :meth:`params` and :meth:`shared_params` (None when there are none).
         """
         raise NotImplementedError
 
