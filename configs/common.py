@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh_shape = (-1, 1)  # (data, model) devices; -1: all remaining
     config.log_every = 50
     config.eval_every = 1000
-    config.eval_batches = 8
+    config.eval_batches = 8  # 0: one whole pass over the (finite) evaluation split
     config.eval_batch_size = 0  # 0: batch_size
     config.checkpoint_every = 1000
     config.keep_checkpoints = 3

@@ -10,7 +10,8 @@
   tokens; vocab 256; splits train, validation (= eval).
 
 Classification sources (``config.task = "classification"``) yield
-`classification.ClassificationBatch` batches and also expose ``num_classes`` and ``paired``:
+`classification.ClassificationBatch` batches and also expose ``num_classes`` and ``paired``; splits
+train, validation (= eval), test:
 
 * ``contains_token``: `synthetic_classes.ContainsToken`, "does the document contain token 1"
   (tests and smoke runs); splits train, validation (= eval), test.

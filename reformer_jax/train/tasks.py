@@ -82,6 +82,8 @@ def is_better(best_metric: tuple[str, str], new: float, old: float | None) -> bo
 
 
 def _mean(total: Any, weight: Any) -> Any:
+    if isinstance(weight, int | float):  # host sums (evaluation): keep float64
+        return total / max(weight, 1.0)
     return total / jnp.maximum(weight, 1.0)
 
 

@@ -77,10 +77,10 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
         "keep_checkpoints",
     ):
         value = config[name]
-        if not isinstance(value, int) or value < (
-            0 if name in ("num_steps", "eval_batches") else 1
-        ):
-            fail(name, f"must be a positive integer, got {value!r}", "set it to 1 or more")
+        # eval_batches 0: one whole pass over a finite evaluation split.
+        low = 0 if name in ("num_steps", "eval_batches") else 1
+        if not isinstance(value, int) or value < low:
+            fail(name, f"must be an integer >= {low}, got {value!r}", f"set it to {low} or more")
     if config.batch_size % config.grad_accum_steps:
         fail(
             "grad_accum_steps",
@@ -206,7 +206,7 @@ def make_task_train_step(task: Task, graphdef, tx, accum: int, seed: int):
     def step_fn(params, opt_state, carry, batch, step):
         key = jax.random.fold_in(jax.random.key(seed), step)
         hash_key = None
-        if task.model_cfg.hash_seed is None:
+        if getattr(task.model_cfg, "hash_seed", None) is None:
             hash_key = jax.random.fold_in(key, 2**31 - 3)  # fresh rotations every step
         if accum == 1:
             (_, (sums, carry)), grads = grad_fn(params, batch, carry, key, hash_key)
@@ -641,7 +641,7 @@ def _final_evaluations(
     """The hash-count table (LSH models, ``config.eval_hashes``) and, for tasks with a best
     metric, the test metrics of the best validation checkpoint."""
     model_cfg = task.model_cfg
-    if config.get("eval_hashes") and "lsh" in model_cfg.attention_pattern:
+    if config.get("eval_hashes") and model_cfg and "lsh" in model_cfg.attention_pattern:
         table = hash_table(state.params, model_cfg, source, config, mesh, task=task)
         text = format_hash_table(table, _trained_with(model_cfg, config.seq_len))
         _log("evaluation accuracy by attention at evaluation time:\n" + text)

@@ -28,7 +28,7 @@ def test_get_source_tfds_sources(tmp_path):
 
 def test_get_source_errors():
     with pytest.raises(
-        ValueError, match=r"'aan', 'cifar10', 'duplication', 'enwik8', 'imagenet64'"
+        ValueError, match=r"'aan', 'cifar10', 'contains_token', 'duplication', 'enwik8'"
     ):
         get_source("wikitext")
     with pytest.raises(ValueError, match=r"Unknown setting\(s\) \['seqlen'\].*'seq_len'"):

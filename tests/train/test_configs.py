@@ -12,6 +12,7 @@ from reformer_jax.train.trainer import validate_train_config
 from tests.data.test_imagenet64 import _images, _write_tar
 
 NAMES = [
+    "classify_tiny",
     "duplication",
     "enwik8",
     "enwik8_compressive",
