@@ -99,6 +99,7 @@ def test_reset_rows_forget_their_memory(x64):
     np.testing.assert_allclose(logits[1], model(tokens)[1, 4:], rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_gradients_never_flow_into_the_memory(x64):
     """Catches a missing stop_gradient on the stored states: the gradient of the second
     segment's loss equals that of a run whose memory is stop-gradient'd explicitly, and the
@@ -139,6 +140,7 @@ def _compressive(method="conv", **overrides):
     )
 
 
+@pytest.mark.slow
 def test_reconstruction_loss_reaches_only_the_compressor(x64):
     """Catches the attention-reconstruction loss training the main network (queries, old
     memories or the K/V projections used on the compressed states not stopped), and the LM loss

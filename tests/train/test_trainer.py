@@ -339,6 +339,7 @@ def _memory_config(corpus: pathlib.Path, **model):
     return config
 
 
+@pytest.mark.slow
 def test_memory_task_resumes_with_its_memory(tmp_path):
     """Catches a memory (the task's carry, with its compressed part) that is not checkpointed or
     not restored: the resumed run's losses after step 4 would come from an empty memory and
