@@ -170,6 +170,12 @@ class LMMemoryTask:
                 "config.model.mem_len: the lm_memory task carries a memory but mem_len is 0; set "
                 "config.model.mem_len > 0 (or use config.task = 'lm')"
             )
+        if cfg.cmem_len and config.seq_len % cfg.cmem_rate:
+            raise ValueError(
+                f"config.seq_len: {config.seq_len} is not a multiple of model.cmem_rate "
+                f"{cfg.cmem_rate} (each segment's evicted states are compressed in groups of the "
+                "rate); choose a segment length divisible by it"
+            )
         eval_mem_len = config.get("eval_mem_len", None)
         if eval_mem_len is not None and (not isinstance(eval_mem_len, int) or eval_mem_len < 0):
             raise ValueError(
