@@ -87,8 +87,9 @@ class Relative(AttentionKind):
         return out, None
 
     def decode_check(self, cfg, cached: bool) -> None:
-        raise ValueError(
-            "relative (Transformer-XL) layers sample through reformer_jax.decoding.memory."
-            "generate_with_memory (it carries the memory across segments); the generic decoder "
-            "has no cache for them"
-        )
+        if cached:
+            raise ValueError(
+                "relative (Transformer-XL) layers have no decoding cache of their own: give the "
+                "model a memory (model.mem_len > 0; generate then samples segment by segment "
+                "through reformer_jax.decoding.memory) or pass use_cache=False"
+            )
