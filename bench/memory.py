@@ -11,7 +11,8 @@ optimiser, steps and tokens per step:
   attention-reconstruction loss), reaching ``1.5 seg`` states back.
 * ``reformer``: the Reformer (reversible, LSH attention, learned positions) on windows of
   ``2 seg`` bytes (the span of XL's segment plus memory) with half the rows, so the same tokens
-  per step.
+  per step. ``reformer-exact`` (optional): the same model with exact shared-QK attention over
+  the window (``full_attention_below`` above it), separating the hashing from the rest.
 
 Measured:
 
@@ -45,11 +46,13 @@ from bench.machine import machine_info
 from reformer_jax.runtime import configure_xla
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "memory.json"
-VARIANTS = ("xl", "compressive", "reformer")
+VARIANTS = ("xl", "compressive", "reformer", "reformer-exact")
+DEFAULT_VARIANTS = ("xl", "compressive", "reformer")
 LABELS = {
     "xl": "Transformer-XL",
     "compressive": "Compressive (conv, rate 2)",
     "reformer": "Reformer (LSH, window 2x seg)",
+    "reformer-exact": "Reformer, exact shared-QK (no hashing)",
 }
 
 
@@ -58,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=Path("runs/bench_memory"))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--corpus", type=Path, default=None, help="default: pydoc topics")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seg", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
@@ -119,10 +122,12 @@ def train_config(args: argparse.Namespace, variant: str, corpus: Path):
     config = base_config()
     config.seed = args.seed
     config.data.name = "text"
-    if variant == "reformer":
+    if variant.startswith("reformer"):
         length, batch = 2 * args.seg, max(1, args.batch // 2)
+        exact = dict(full_attention_below=length + 1) if variant == "reformer-exact" else {}
         config.model = _model(
             args,
+            **exact,
             attention_pattern=["lsh"],
             lsh_chunk_len=max(4, args.seg // 4),
             lsh_n_hashes=2,
@@ -244,7 +249,7 @@ def run_variant(args: argparse.Namespace, variant: str, corpus: Path) -> dict[st
         final_train_loss=float(result.train_metrics[-1]["loss"]),
         evals=[],
     )
-    if variant == "reformer":
+    if variant.startswith("reformer"):
         source = TextFile(corpus, seq_len=config.seq_len, eval_fraction=args.eval_fraction)
         nll, count = evaluate_positions(model, source, args.eval_batch, None)
         record["evals"].append(
@@ -344,8 +349,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     ax = axes[0]
     for run in results["runs"]:
-        if run["variant"] == "reformer":
-            ax.axhline(run["evals"][0]["bpb"], ls="--", c="grey", label=run["label"])
+        if run["variant"].startswith("reformer"):
+            style = "--" if run["variant"] == "reformer" else ":"
+            ax.axhline(run["evals"][0]["bpb"], ls=style, c="grey", label=run["label"])
             continue
         xs = [e["memory"] / seg for e in run["evals"]]
         ax.plot(xs, [e["bpb"] for e in run["evals"]], "o-", label=run["label"])
@@ -363,10 +369,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 label = f"XL, memory {e['memory']}"
                 ax.plot(ps, [p["bpb"] for p in e["by_position"]], "o-", label=label)
     for run in results["runs"]:
-        if run["variant"] == "reformer":
+        if run["variant"].startswith("reformer"):
             e = run["evals"][0]
             ps = [p["position"] for p in e["by_position"]]
-            ax.plot(ps, [p["bpb"] for p in e["by_position"]], "--", c="grey", label=run["label"])
+            style = "--" if run["variant"] == "reformer" else ":"
+            ax.plot(ps, [p["bpb"] for p in e["by_position"]], style, c="grey", label=run["label"])
     ax.set_xlabel("position within the segment (window)")
     ax.set_ylabel("held-out bits per byte")
     ax.set_title("loss by position")
@@ -391,7 +398,8 @@ def table(results: dict[str, Any]) -> str:
     lines = ["| model | eval memory (x seg) | held-out bpb |", "|---|---|---|"]
     for run in results["runs"]:
         for e in run["evals"]:
-            memory = "window 2x seg" if run["variant"] == "reformer" else f"{e['memory'] / seg:g}"
+            reformer = run["variant"].startswith("reformer")
+            memory = "window 2x seg" if reformer else f"{e['memory'] / seg:g}"
             lines.append(f"| {run['label']} | {memory} | {e['bpb']:.3f} |")
     return "\n".join(lines)
 

@@ -22,7 +22,7 @@ def test_toy_run_writes_every_measurement(tmp_path, capsys):
     assert memory.main([*argv, "--corpus", str(corpus)]) == 0
     results = json.loads(out.read_text())
     assert out.with_suffix(".png").stat().st_size > 10_000
-    assert [r["variant"] for r in results["runs"]] == list(memory.VARIANTS)
+    assert [r["variant"] for r in results["runs"]] == list(memory.DEFAULT_VARIANTS)
     xl, compressive, reformer = results["runs"]
     assert [e["memory"] for e in xl["evals"]] == [0, 8, 16]
     assert xl["model"]["mem_len"] == 8 and compressive["model"]["cmem_len"] == 4
