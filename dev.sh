@@ -4,6 +4,7 @@
 #   ./dev.sh train [train.py flags...]   train the default model (duplication task, no download)
 #   ./dev.sh test  [pytest args...]      the full test suite (what CI runs)
 #   ./dev.sh lint                        ruff check and ruff format --check
+#   ./dev.sh notebooks [names...]        re-execute notebooks/*.py into their stored .ipynb
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3.11}
@@ -23,5 +24,6 @@ case "$cmd" in
   train) exec .venv/bin/python train.py "$@" ;;
   test)  exec .venv/bin/python -m pytest -n 2 "$@" ;;
   lint)  .venv/bin/ruff check . && exec .venv/bin/ruff format --check . ;;
-  *) echo "usage: ./dev.sh {train|test|lint} [args...]" >&2; exit 2 ;;
+  notebooks) exec .venv/bin/python -m tools.refresh_notebooks "$@" ;;
+  *) echo "usage: ./dev.sh {train|test|lint|notebooks} [args...]" >&2; exit 2 ;;
 esac

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import results_json
 from bench.machine import machine_info
 from reformer_jax.runtime import configure_xla
 
@@ -352,7 +353,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=Path("runs/ablations"))
     p.add_argument("--resume", action="store_true", help="continue or reuse existing runs")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON (PNG next to it)")
-    p.add_argument("--from-json", type=Path, default=None, help="replot an existing results JSON")
+    p.add_argument(
+        "--from-json", type=results_json, default=None, help="replot an existing results JSON"
+    )
     p.add_argument("--corpus", type=Path, default=None, help="text file/dir (default: pydoc)")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     p.add_argument("--seeds", default="0,1")

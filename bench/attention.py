@@ -41,6 +41,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from bench import results_json
 from bench.machine import machine_info
 from reformer_jax.kernels import (
     auto_n_buckets,
@@ -588,7 +589,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--from-json",
-        type=Path,
+        type=results_json,
         default=None,
         help="do not measure: re-print the table (and redraw the PNG unless "
         "--no-plot) from a results JSON",

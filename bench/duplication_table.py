@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import results_json
 from reformer_jax.runtime import configure_xla
 
 # The paper's Table 2 (Kitaev et al. 2020; length 1024, REFORMER.md section 4), accuracy in %.
@@ -136,7 +137,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="continue (or re-evaluate) runs already in the row workdirs instead of refusing",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results/duplication_table.json"))
-    parser.add_argument("--from-json", type=Path, help="reprint a saved table; trains nothing")
+    parser.add_argument(
+        "--from-json", type=results_json, help="reprint a saved table; trains nothing"
+    )
     return parser.parse_args(argv)
 
 

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bench import results_json
 from bench.machine import machine_info
 from reformer_jax import generate as gen
 from reformer_jax.config import ReformerConfig
@@ -215,7 +216,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-seconds", type=float, default=60.0, help="uncached time limit")
     p.add_argument("--quick", action="store_true", help="1 repeat, short contexts: smoke test")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
-    p.add_argument("--from-json", type=Path, help="print the table of a previous run")
+    p.add_argument("--from-json", type=results_json, help="print the table of a previous run")
     args = p.parse_args(argv)
     if args.from_json:
         data = json.loads(args.from_json.read_text())

@@ -55,6 +55,7 @@ import html
 import io
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -746,7 +747,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out-dir", default="docs", help="where lra.md / lra.html / PNGs go")
     args = parser.parse_args(argv)
-    written = write_dashboard(load_results(args.from_json), args.out_dir)
+    try:
+        results = load_results(args.from_json)
+    except (FileNotFoundError, ValueError) as err:  # missing or malformed: one line
+        print(f"error: --from-json {args.from_json}: {err}", file=sys.stderr)
+        return 2
+    written = write_dashboard(results, args.out_dir)
     print("wrote " + ", ".join(str(p) for p in written.values()))
     return 0
 

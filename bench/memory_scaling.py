@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import train_step
+from bench import results_json, train_step
 from bench.machine import machine_info
 from reformer_jax.runtime import configure_xla
 
@@ -389,7 +389,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     common.add_argument("--ff-chunk", type=int, default=0, help="feed-forward rows per chunk")
     common.add_argument("--out", type=Path, default=None, help="JSON path (PNG next to it)")
     common.add_argument("--no-plot", action="store_true")
-    common.add_argument("--from-json", type=Path, default=None, help="replot (no measuring)")
+    common.add_argument(
+        "--from-json", type=results_json, default=None, help="replot (no measuring)"
+    )
     common.add_argument(
         "--run-timeout", type=float, default=7200, help="seconds allowed per run subprocess"
     )

@@ -37,6 +37,8 @@ import sys
 import time
 from typing import Any
 
+from bench import results_json
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 IMPLS = ("reformer_jax", "hf", "lucidrains")
 DEFAULT_PEERS_DIR = ROOT.parent / "shared" / "peers"
@@ -305,7 +307,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peers-dir", default=str(DEFAULT_PEERS_DIR))
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     parser.add_argument("--out", default="bench/results/peers.json")
-    parser.add_argument("--from-json", help="reprint the table and redraw the plot of a result")
+    parser.add_argument(
+        "--from-json", type=results_json, help="reprint the table and redraw the plot of a result"
+    )
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

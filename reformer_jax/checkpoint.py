@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -29,6 +32,13 @@ from reformer_jax.model import ReformerLM
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+# Training steps that fail to restore are moved here (beside ``checkpoints/``), kept for
+# inspection; later saves of the same step number then do not collide with them.
+DAMAGED_DIR = "checkpoints_damaged"
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run can be restored; the message says what to do."""
 
 
 def config_to_json(cfg: ReformerConfig) -> str:
@@ -74,7 +84,13 @@ def load_model(
             f"{config_path} not found: {directory} is not a reformer_jax model export (expected "
             f"{CONFIG_FILE} and {PARAMS_DIR}/ written by save_model or the converter)"
         )
-    cfg = config_from_json(config_path.read_text())
+    record = json.loads(config_path.read_text())
+    if "model" in record and "train" in record:
+        raise FileNotFoundError(
+            f"{directory} is a training run's workdir, not a model export; load it with "
+            "load_model_from_workdir (sample.py --workdir)"
+        )
+    cfg = ReformerConfig.from_dict(record)
     if config_overrides:
         cfg = cfg.replace(**config_overrides)
     abstract = nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0)))
@@ -142,6 +158,78 @@ class TrainCheckpointer:
         )
         return restored["params"], restored["opt_state"], dict(restored["meta"])
 
+    def restore_latest_good(
+        self,
+        params_target: Any,
+        opt_target: Any,
+        *,
+        log: Callable[[str], None] = print,
+    ) -> tuple[int, Any, Any, dict] | None:
+        """Restores the newest step that loads and verifies; None when there is no checkpoint.
+
+        A step is damaged when orbax cannot read it (truncated or missing array files, bad
+        metadata), when its metadata names another step, or when a restored array holds NaN /
+        inf (the trainer never saves a diverged state). Damaged steps newer than the restored
+        one are moved to ``<workdir>/checkpoints_damaged/<step>`` (one line each through
+        ``log``). When no step loads, nothing is moved and :class:`CheckpointError` says so.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if not steps:
+            return None
+        _silence_closed_loop_callbacks()
+        damaged: list[tuple[int, str]] = []
+        for step in steps:
+            problem = self._verify(step, params_target, opt_target)
+            if isinstance(problem, str):
+                damaged.append((step, problem))
+                continue
+            params, opt_state, meta = problem
+            for bad, why in damaged:
+                if jax.process_index() == 0:  # one process renames (a shared file system)
+                    moved = self._move_aside(bad)
+                    log(
+                        f"checkpoint step {bad} is damaged ({why}); moved to {moved}, "
+                        f"resuming from step {step}"
+                    )
+            if damaged:
+                if jax.process_count() > 1:
+                    from jax.experimental import multihost_utils
+
+                    multihost_utils.sync_global_devices("reformer_jax_damaged_checkpoints")
+                self.manager.reload()
+            return step, params, opt_state, meta
+        listing = ", ".join(f"{s} ({why})" for s, why in damaged)
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} can be restored: {listing}; nothing was moved. "
+            "Start over in a new --workdir (or move the checkpoints directory aside)"
+        )
+
+    def _verify(self, step: int, params_target: Any, opt_target: Any) -> tuple | str:
+        """The restored (params, opt_state, meta) of ``step``, or why it cannot be used."""
+        try:
+            params, opt_state, meta = self.restore(step, params_target, opt_target)
+        except Exception as err:  # orbax / TensorStore raise many kinds on damaged files
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            return f"{type(err).__name__}: {lines[0][:120]}"
+        if meta.get("step", step) != step:
+            return f"its metadata says step {meta.get('step')}"
+        for leaf in jax.tree.leaves((params, opt_state)):
+            if _is_float(leaf) and not bool(jnp.isfinite(leaf).all()):
+                return "non-finite values"
+        return params, opt_state, meta
+
+    def _move_aside(self, step: int) -> pathlib.Path:
+        source = self.directory / str(step)
+        target_dir = self.directory.parent / DAMAGED_DIR
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / str(step)
+        suffix = 1
+        while target.exists():  # a step damaged twice keeps both copies
+            target = target_dir / f"{step}.{suffix}"
+            suffix += 1
+        source.rename(target)
+        return target
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
@@ -196,6 +284,33 @@ class BestCheckpoint:
         self.manager.close()
 
 
+def _silence_closed_loop_callbacks() -> None:
+    """Drops the "Event loop is closed" errors a failed orbax restore leaves behind.
+
+    When one array of a damaged step fails to read, orbax gives up and closes its event loop
+    while TensorStore still completes the other reads; each completion then reports (through
+    ``sys.unraisablehook``) that it found the loop closed: dozens of tracebacks, all harmless.
+    Every other unraisable error still reaches the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_errors", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.drops_closed_loop_errors = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _is_float(leaf: Any) -> bool:
+    dtype = getattr(leaf, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+
+
 def load_model_from_workdir(
     workdir: str | pathlib.Path, step: int | None = None, **config_overrides: Any
 ) -> ReformerLM:
@@ -221,19 +336,42 @@ def load_model_from_workdir(
     cfg = ReformerConfig.from_dict(record["model"])
     if config_overrides:
         cfg = cfg.replace(**config_overrides)
-    manager = ocp.CheckpointManager(
-        workdir / "checkpoints",
-        item_names=("params",),
-        options=ocp.CheckpointManagerOptions(read_only=True),
-    )
-    step = manager.latest_step() if step is None else step
+    directory = workdir / "checkpoints"
+    steps = training_steps(directory)
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {directory}; train first")
+        step = steps[-1]
+    elif step not in steps:
+        raise FileNotFoundError(
+            f"no checkpoint of step {step} in {directory}; the steps there are {steps}"
+        )
     abstract = nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract, nnx.Param)
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract_state)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
+    _silence_closed_loop_callbacks()
+    # A plain checkpointer on the step's params item: a read-only CheckpointManager would log
+    # three warnings about its options on every load.
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            params = checkpointer.restore(directory / str(step) / "params", target)
+    except Exception as err:  # orbax / TensorStore raise many kinds on damaged files
+        earlier = [s for s in steps if s < step]
+        fix = f"pass step={earlier[-1]} (--step)" if earlier else "train again"
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise CheckpointError(
+            f"checkpoint step {step} in {directory} cannot be read ({first_line}); {fix}, or "
+            "resume the run with train.py, which moves damaged steps aside"
+        ) from None
+    return nnx.merge(graphdef, params)
+
+
+def training_steps(directory: str | pathlib.Path) -> list[int]:
+    """The completed steps in a ``checkpoints`` directory, ascending (orbax's temporary
+    directories of unfinished saves are not steps)."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(
+        int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "params").is_dir()
     )
-    manager.close()
-    return nnx.merge(graphdef, restored["params"])

@@ -8,6 +8,7 @@ errors that name the setting and the fix.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -144,8 +145,11 @@ class ReformerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
+            close = sorted({c for u in unknown for c in difflib.get_close_matches(u, known, n=2)})
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
             raise ValueError(
-                f"unknown model setting(s) {unknown}; valid settings are {sorted(known)}"
+                f"unknown model setting(s) {unknown}; {hint}the settings are the fields of "
+                "ReformerConfig in reformer_jax/config.py"
             )
         return cls(**values)
 

@@ -554,16 +554,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     from reformer_jax.checkpoint import save_model
 
     out = pathlib.Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        print(f"error: {out} is not empty; pass --overwrite to replace it", file=sys.stderr)
+    if out.exists() and not out.is_dir():
+        print(f"error: --out {out} is a file; pass a new or empty directory", file=sys.stderr)
         return 1
-    state_dict, hf_config = load_hf_checkpoint(args.hf_dir)
-    model = model_from_hf(
-        state_dict,
-        hf_config,
-        sequence_length=args.sequence_length,
-        approximate_gelu=args.approximate_gelu,
-    )
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        print(f"error: --out {out} is not empty; pass --overwrite to replace it", file=sys.stderr)
+        return 1
+    if not pathlib.Path(args.hf_dir).is_dir():
+        print(
+            f"error: --hf-dir {args.hf_dir}: no such directory; pass the folder holding the "
+            "Hugging Face checkpoint's config.json and weights",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        state_dict, hf_config = load_hf_checkpoint(args.hf_dir)
+        model = model_from_hf(
+            state_dict,
+            hf_config,
+            sequence_length=args.sequence_length,
+            approximate_gelu=args.approximate_gelu,
+        )
+    except (FileNotFoundError, ValueError, ImportError) as err:  # name the problem and the fix
+        print(f"error: --hf-dir {args.hf_dir}: {err}", file=sys.stderr)
+        return 1
     path = save_model(out, model, overwrite=args.overwrite)
     cfg = model.cfg
     print(f"converted {args.hf_dir} -> {path}")

@@ -351,3 +351,20 @@ def test_cli_round_trip(tmp_path, converted, capsys):
     assert (out / "config.json").stat().st_mtime_ns == before
     assert convert.main([*args, "--overwrite"]) == 0
     assert load_model(out).cfg == model.cfg
+
+
+def test_cli_bad_paths_are_one_line_errors(tmp_path, capsys):
+    """Bug caught: a missing or wrong --hf-dir ends in a FileNotFoundError traceback; an --out
+    that is a file ends in NotADirectoryError."""
+    out = tmp_path / "export"
+    cases = [
+        (["--hf-dir", str(tmp_path / "nope"), "--out", str(out)], "--hf-dir"),
+        (["--hf-dir", str(tmp_path), "--out", str(out)], "config.json"),
+    ]
+    (tmp_path / "file.txt").write_text("x")
+    cases.append((["--hf-dir", str(tmp_path), "--out", str(tmp_path / "file.txt")], "--out"))
+    for argv, expected in cases:
+        assert convert.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and err.count("\n") == 1 and expected in err, err
+    assert not out.exists() and (tmp_path / "file.txt").read_text() == "x"

@@ -343,6 +343,30 @@ def test_sample_cli_reports_a_missing_or_wrong_model_directory(tmp_path, capsys)
     assert "no such directory" in err and "not a reformer_jax model export" in err
 
 
+def test_sample_cli_bad_input_is_one_line_before_any_work(tmp_path, capsys):
+    """Bugs caught: a missing --prompt-file ends in a traceback after the model was loaded; a
+    misspelt --set name in a TypeError; --model given a training workdir in a config error
+    listing 'model' and 'train'; an --out into a missing directory fails after generating."""
+    import sample
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"model": {}, "train": {}}')
+    cases = [
+        (["--model", str(run)], "training run's workdir"),
+        (["--model", str(run), "--prompt-file", str(tmp_path / "nope.txt")], "--prompt-file"),
+        (["--model", str(run), "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--model", str(run), "--prompt", "x", "--out", str(tmp_path / "a" / "b")], "--out"),
+        (["--model", str(run), "--prompt", "x", "--set", "lsh_n_hashs=2"], "lsh_n_hashes"),
+        (["--workdir", str(run), "--prompt", "x"], "no checkpoint"),
+    ]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            sample.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1 and expected in err, err
+
+
 @pytest.mark.parametrize(
     "positions",
     [

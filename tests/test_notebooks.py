@@ -1,7 +1,10 @@
 """The notebooks in ``notebooks/``: paired ``.py`` / ``.ipynb`` in sync, and each one executes.
 
 Every notebook is a jupytext pair: the percent-format ``.py`` is the source of truth and the
-``.ipynb`` is generated from it (``jupytext --sync notebooks/*.py``). The execution tests run the
+``.ipynb`` is generated from it and stored executed, figures included, so a reader sees them
+without running anything (``python -m tools.refresh_notebooks`` rebuilds and re-executes them
+all). The stored notebooks must match their ``.py`` cell for cell and hold the outputs of one
+top-to-bottom run. The execution tests run the
 ``.ipynb`` in a fresh ``python3`` kernel of this interpreter (ipykernel's kernelspec, installed
 by pip into ``sys.prefix``) with small sizes injected after the cell tagged ``parameters``, as
 papermill does, and fail on any cell error.
@@ -94,7 +97,7 @@ def test_pair_in_sync(name):
     nbformat.validate(notebook)
     assert _cells(notebook) == _cells(source), (
         f"notebooks/{name}.ipynb is out of date with {name}.py; regenerate it with "
-        f"`jupytext --to ipynb notebooks/{name}.py`"
+        f"`python -m tools.refresh_notebooks {name}`"
     )
     tagged = [c for c in source.cells if "parameters" in c.get("metadata", {}).get("tags", ())]
     assert len(tagged) == 1, "exactly one cell must be tagged 'parameters'"
@@ -108,6 +111,27 @@ def test_pair_in_sync(name):
     }
     unknown = set(SMALL[name]) - names
     assert not unknown, f"SMALL sets {sorted(unknown)}, not in the parameters cell of {name}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stored_notebook_holds_the_outputs_of_one_run(name):
+    """Bug caught: a notebook stored without outputs (nothing to see on GitHub), with an error
+    in a cell, or with outputs pieced together from several runs (counts out of order)."""
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    counts = [c.get("execution_count") for c in code]
+    assert None not in counts and counts == sorted(counts) and len(set(counts)) == len(counts), (
+        f"notebooks/{name}.ipynb is not stored executed top to bottom (execution counts "
+        f"{counts}); run `python -m tools.refresh_notebooks {name}`"
+    )
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.get("output_type") == "error"], "a cell failed"
+    assert any("image/png" in o.get("data", {}) for o in outputs), f"{name} stores no figure"
+
+
+def test_stored_notebooks_stay_small():
+    total = sum(p.stat().st_size for p in NOTEBOOKS.glob("*.ipynb"))
+    assert total < 4 * 2**20, f"stored notebooks take {total / 2**20:.1f} MiB; shrink figures"
 
 
 def _with_small_parameters(notebook, params: dict):

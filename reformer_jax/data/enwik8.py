@@ -268,8 +268,8 @@ class Enwik8(ByteWindowSource):
                 raise FileNotFoundError(
                     f"enwik8 is not prepared in {builder.data_dir} and the archive "
                     f"{manual_dir / ARCHIVE_NAME} does not exist: download {URL} and put "
-                    f"{ARCHIVE_NAME} (not extracted) in {manual_dir} (or pass manual_dir= the "
-                    "directory that holds it)"
+                    f"{ARCHIVE_NAME} (not extracted) in {manual_dir}, or point "
+                    "--config.data.settings.manual_dir= (manual_dir=) at the directory holding it"
                 )
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(

@@ -157,7 +157,8 @@ class ImageNet64(SourceBase):
                 raise FileNotFoundError(
                     f"{TFDS_NAME} is not prepared in {where} and no manual_dir was given: place "
                     f"{' and '.join(MANUAL_FILES.values())} (not extracted) in a directory and "
-                    "pass it as manual_dir= (see reformer_jax.data.imagenet64's docstring)"
+                    "pass it as --config.data.settings.manual_dir= (manual_dir=; see "
+                    "reformer_jax.data.imagenet64's docstring)"
                 )
             manual_dir = pathlib.Path(manual_dir).expanduser()
             absent = [str(manual_dir / f) for f in MANUAL_FILES.values()]
@@ -166,7 +167,8 @@ class ImageNet64(SourceBase):
                 raise FileNotFoundError(
                     f"{TFDS_NAME} is not prepared in {where} and the manual archive(s) {absent} "
                     f"do not exist: place {' and '.join(MANUAL_FILES.values())} (not extracted) "
-                    f"in {manual_dir} (see reformer_jax.data.imagenet64's docstring)"
+                    f"in {manual_dir}, or point --config.data.settings.manual_dir= (manual_dir=) "
+                    "elsewhere (see reformer_jax.data.imagenet64's docstring)"
                 )
             preparer = TarPreparer(config="64x64", data_dir=data_dir, file_format="array_record")
             preparer.download_and_prepare(

@@ -27,13 +27,23 @@ __all__ = ["TextFile", "corpus_files"]
 
 
 def corpus_files(path: str | os.PathLike) -> list[pathlib.Path]:
-    """The files making up the corpus at ``path``, in concatenation order."""
+    """The files making up the corpus at ``path``, in concatenation order.
+
+    An empty ``path`` is an error (``pathlib`` would read it as the current directory, making
+    whatever lies there the corpus).
+    """
+    if not str(path).strip():
+        raise ValueError(
+            "data.settings.path: no text corpus given; pass "
+            "--config.data.settings.path=FILE_OR_DIRECTORY (train.py) or path= (get_source)"
+        )
     path = pathlib.Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(
-            f"Text corpus {str(path)!r} does not exist: pass path= an existing file or directory"
+            f"data.settings.path: text corpus {str(path)!r} does not exist; pass "
+            "--config.data.settings.path= (or path=) an existing file or directory"
         )
     files = []
     for root, dirs, names in os.walk(path):
@@ -74,10 +84,10 @@ class TextFile(ByteWindowSource):
         if order not in ("windows", "streams"):
             raise ValueError(f"order must be 'windows' or 'streams', got {order!r}")
         self.order = order
+        files = corpus_files(path)
         self.path = pathlib.Path(path)
         self.seq_len = seq_len
         self.eval_fraction = eval_fraction
-        files = corpus_files(self.path)
         if not files:
             raise ValueError(
                 f"Text corpus directory {str(self.path)!r} contains no (non-hidden) files"

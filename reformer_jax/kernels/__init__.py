@@ -40,6 +40,7 @@ from reformer_jax.kernels.sparse import (
 __all__ = [
     "PerformerState",
     "KeyPositions",
+    "PerformerState",
     "SparsePattern",
     "SparsePlan",
     "bigbird_pattern",

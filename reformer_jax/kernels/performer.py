@@ -338,7 +338,8 @@ def performer_decode_step(
       mask_t: optional ``[batch]`` bool, False leaves that row's state unchanged (padding).
 
     Returns:
-      ``(out_t [batch, heads, 1, d_v] in v_t.dtype, new state)``; O(m d) time and memory.
+      ``(out_t [batch, heads, 1, d_v] in v_t.dtype, new state)`` (the state keeps its dtype;
+      the step computes in float32, float64 for float64 inputs); O(m d) time and memory.
       Stepping over a sequence equals ``performer_attention(..., causal=True)``.
     """
     name = "performer_decode_step"
@@ -351,7 +352,9 @@ def performer_decode_step(
         )
     mask = None if mask_t is None else mask_t[:, None]
     q, k, v, features, real = _prepare(name, q_t, k_t, v_t, features, mask)
-    state = jax.tree.map(lambda x: x.astype(q.dtype), state)
     a_k = _masked_exponents(_exponents(k, features), real[:, None, :])
-    out, state = _causal_chunk(state, _exponents(q, features), a_k, v)
-    return out.astype(v_t.dtype), state
+    computed = jax.tree.map(lambda x: x.astype(q.dtype), state)
+    out, computed = _causal_chunk(computed, _exponents(q, features), a_k, v)
+    # The state keeps its dtype, so it can be the carry of a scan or while_loop.
+    new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), computed, state)
+    return out.astype(v_t.dtype), new_state

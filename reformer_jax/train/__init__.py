@@ -7,6 +7,7 @@ import sys
 import jax
 import ml_collections
 
+from reformer_jax.checkpoint import CheckpointError
 from reformer_jax.train.trainer import TrainingError, TrainResult, train_and_evaluate
 
 __all__ = ["TrainResult", "TrainingError", "run_main", "train_and_evaluate"]
@@ -35,7 +36,7 @@ def run_main(
         jax.distributed.initialize()
     try:
         result = train_and_evaluate(config, workdir)
-    except (TrainingError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except (TrainingError, CheckpointError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 3 if result.interrupted else 0

@@ -296,7 +296,8 @@ class ClassificationTask:
 def model_config(config: ml_collections.ConfigDict, vocab_size: int, length: int) -> ReformerConfig:
     """``config.model`` as a ReformerConfig covering ``vocab_size`` tokens and ``length``."""
     values = dict(config.model.to_dict())
-    values.setdefault("vocab_size", vocab_size)
+    if values.get("vocab_size") is None:  # absent or an empty placeholder: the task's
+        values["vocab_size"] = vocab_size
     cfg = ReformerConfig.from_dict(values)
     if cfg.vocab_size < vocab_size:
         raise ValueError(

@@ -36,10 +36,12 @@ from reformer_jax.runtime import release_free_memory
 from reformer_jax.train import sharding as shd
 from reformer_jax.train.metrics import MetricWriter
 from reformer_jax.train.optimizer import make_optimizer, make_schedule
-from reformer_jax.train.tasks import Carry, LMTask, Task, is_better, make_task
+from reformer_jax.train.tasks import Carry, LMTask, Task, is_better, make_task, model_config
 
-# Settings that must match to resume in an existing workdir (the rest may change).
-RESUME_KEYS = ("model", "optimizer", "seed", "batch_size", "data", "task", "classifier")
+# Settings that must match to resume in an existing workdir (the rest may change). The model is
+# compared resolved (every field, defaults filled in), not as the config file spelled it: a run
+# whose file listed a few fields resumes under train.py, which records every field.
+RESUME_KEYS = ("optimizer", "seed", "batch_size", "data", "task", "classifier")
 # What a workdir recorded before a setting existed means.
 _RESUME_DEFAULTS = {"task": "lm"}
 
@@ -97,14 +99,21 @@ def _jsonable(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
 
 
+def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ReformerConfig:
+    """The language model's config for data of ``vocab_size`` tokens (`tasks.model_config`)."""
+    return model_config(config, vocab_size, config.seq_len)
+
+
 def _check_workdir(workdir: pathlib.Path, record: dict[str, Any]) -> bool:
     """True when the workdir holds a compatible run to resume; raises when incompatible."""
     config_path = workdir / "config.json"
+    if workdir.exists() and not workdir.is_dir():
+        raise TrainingError(f"--workdir {workdir} is a file; pass a new or empty directory")
     if not config_path.exists():
-        if workdir.exists() and any(p.name == "checkpoints" for p in workdir.iterdir()):
+        if workdir.exists() and any(workdir.iterdir()):
             raise TrainingError(
-                f"{workdir} holds checkpoints but no config.json: refusing to touch it; use "
-                "another --workdir"
+                f"--workdir {workdir} is not empty and holds no run (no config.json): refusing "
+                "to write into it; pass a new or empty directory"
             )
         return False
     previous = json.loads(config_path.read_text())
@@ -520,18 +529,20 @@ class _TrainState:
             workdir, keep=config.keep_checkpoints, save_every=config.checkpoint_every
         )
         carry = init_carry(task, config.batch_size, mesh)
-        step = 0
+        step, restored = 0, None
         if resuming and checkpointer.latest_step() is not None:
-            step = checkpointer.latest_step()
             opt_target = _with_shardings(abstract_opt, opt_sharding)
-            params, opt_state, _ = checkpointer.restore(step, params_target, opt_target)
+            # Falls back past damaged steps (moved aside, one line each); raises if none loads.
+            restored = checkpointer.restore_latest_good(params_target, opt_target, log=_log)
+        if restored is not None:
+            step, params, opt_state, _ = restored
             if carry is not None:
                 carry_target = jax.tree.map(
                     lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=carry_sharding),
                     carry,
                 )
-                restored = checkpointer.restore_carry(step, carry_target)
-                carry = carry if restored is None else restored
+                saved_carry = checkpointer.restore_carry(step, carry_target)
+                carry = carry if saved_carry is None else saved_carry
             _log(f"resumed from step {step} in {workdir}")
         else:
             params = jax.jit(

@@ -289,6 +289,31 @@ def test_decoding_steps_equal_the_causal_kernel(x64):
     np.testing.assert_allclose(state.normaliser * scale, stepped.normaliser, rtol=1e-10)
 
 
+def test_bfloat16_decoding_with_a_float32_state():
+    """Catches: a decode step that changes the state's dtype (breaks a scan / while_loop carry)
+    or loses precision in bfloat16 inputs."""
+    length = 6
+    q, k, v = _inputs(13, length, jnp.float32)
+    w = draw_features(jax.random.key(14), 32, D)
+    want = np.asarray(performer_attention(q, k, v, w, causal=True))
+    bf = lambda x: x.astype(jnp.bfloat16)  # noqa: E731
+    state = performer_decode_init(B, H, 32, D, jnp.float32)
+
+    def step(state, t):
+        s = lambda x: jax.lax.dynamic_slice_in_dim(bf(x), t, 1, axis=2)  # noqa: E731
+        out, state = performer_decode_step(state, s(q), s(k), s(v), bf(w))
+        return state, out[:, :, 0]
+
+    state, outs = jax.lax.scan(step, state, jnp.arange(length))
+    assert state.kv.dtype == jnp.float32
+    got = np.asarray(jnp.moveaxis(outs, 0, 2), np.float32)
+    assert np.abs(got - want).max() <= 16 * 2.0**-8 * np.abs(want).max()
+    # a bfloat16 state (not recommended) also keeps its dtype through a scan
+    state16 = jax.tree.map(bf, performer_decode_init(B, H, 32, D))
+    state16, _ = jax.lax.scan(step, state16, jnp.arange(length))
+    assert state16.kv.dtype == jnp.bfloat16
+
+
 def test_errors_name_the_argument():
     """Catches: silently accepting features of the wrong size or heads, bad masks and chunks."""
     q, k, v = _inputs(12, 8, jnp.float32)
@@ -325,6 +350,10 @@ def _causal_temp_bytes(length: int) -> int:
 
 def test_causal_memory_is_linear_in_length():
     """Catches: a causal mask built as an L x L array (or a dense quadratic form): 4x the length
-    would take 16x the memory instead of <= 4.5x."""
+    would take 16x the memory instead of <= 4.5x.
+
+    Measured (value and grad, 2 heads, d = 32, m = 64, chunk 64): 11.7 MiB at 2K, 46.5 MiB at
+    8K (~23x the bytes of q: features, exponents, per-chunk states and quadratic forms kept for
+    the backward); with one chunk over the whole sequence: 103 MiB and 1.56 GiB."""
     small, large = _causal_temp_bytes(2048), _causal_temp_bytes(8192)
     assert large <= 4.5 * small, (small, large)

@@ -371,3 +371,76 @@ def test_memory_task_needs_contiguous_streams(tmp_path):
     with pytest.raises(ValueError, match=r"config\.data\.settings\.order: .*'streams'"):
         train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def _truncate_arrays(step_dir: pathlib.Path) -> None:
+    """What a full disk or a killed copy leaves: the array data files cut short."""
+    files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files, f"no array files under {step_dir}"
+    for path in files:
+        with open(path, "r+b") as f:
+            f.truncate(10)
+
+
+@pytest.mark.slow
+def test_damaged_latest_checkpoint_falls_back_and_is_moved_aside(tmp_path, capsys):
+    """Bug caught: a truncated latest step ends the resume in TensorStore tracebacks (or is
+    deleted, or a later save of the same step collides with it) although step 2 is intact."""
+    from reformer_jax.checkpoint import CheckpointError
+
+    config = tiny.get_config()
+    config.num_steps = 4
+    train_and_evaluate(config, tmp_path / "run")  # checkpoints at steps 2 and 4
+    checkpoints = tmp_path / "run" / "checkpoints"
+    _truncate_arrays(checkpoints / "4")
+    with pytest.raises(CheckpointError, match="step 4") as err:
+        load_model_from_workdir(tmp_path / "run")  # sample.py's loader: names the step
+    assert "step=2" in str(err.value) and "\n" not in str(err.value)
+    capsys.readouterr()
+
+    assert run_main(config, str(tmp_path / "run")) == 0  # resumes from 2, saves 4 again
+    out, err = capsys.readouterr()
+    damaged = [line for line in out.splitlines() if "is damaged" in line]
+    assert len(damaged) == 1 and "step 4" in damaged[0] and "step 2" in damaged[0], out
+    assert "Traceback" not in err and "Event loop is closed" not in err
+    assert (tmp_path / "run" / "checkpoints_damaged" / "4").is_dir()  # kept
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["2", "4"]
+    assert set(_losses(tmp_path / "run")) >= {3, 4}  # steps 3 and 4 were trained again
+    load_model_from_workdir(tmp_path / "run")  # the new step 4 loads
+
+    for step in ("2", "4"):
+        _truncate_arrays(checkpoints / step)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
+    assert run_main(config, str(tmp_path / "run")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no checkpoint" in err and "can be restored" in err
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before
+
+
+def test_text_config_without_a_path_is_an_error_and_creates_nothing(tmp_path, capsys):
+    """Bug caught: configs/text.py's path="" is read as "." and the current directory (the
+    repository, its runs) silently becomes the corpus."""
+    config = tiny.get_config()
+    config.data.name = "text"
+    config.data.settings = dict(path="", seq_len=32)
+    assert run_main(config, str(tmp_path / "run")) == 1
+    err = capsys.readouterr().err
+    assert "--config.data.settings.path=" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "foreign-directory"])
+def test_workdir_that_is_no_run_is_refused_untouched(tmp_path, capsys, kind):
+    """Bug caught: --workdir naming a file ends in a NotADirectoryError traceback; a non-empty
+    directory without config.json (a home directory, a data folder) receives a run's files."""
+    workdir = tmp_path / "w"
+    if kind == "file":
+        workdir.write_text("notes")
+    else:
+        workdir.mkdir()
+        (workdir / "notes.txt").write_text("notes")
+    before = sorted(tmp_path.rglob("*"))
+    assert run_main(tiny.get_config(), str(workdir)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--workdir" in err, err
+    assert sorted(tmp_path.rglob("*")) == before
