@@ -13,6 +13,8 @@ optimiser, steps and tokens per step:
   ``2 seg`` bytes (the span of XL's segment plus memory) with half the rows, so the same tokens
   per step. ``reformer-exact`` (optional): the same model with exact shared-QK attention over
   the window (``full_attention_below`` above it), separating the hashing from the rest.
+  ``window-relative`` (optional): XL's model (standard residual, relative positions) without
+  memory on the Reformer's windows, separating the recurrence from the position encoding.
 
 Measured:
 
@@ -46,13 +48,16 @@ from bench.machine import machine_info
 from reformer_jax.runtime import configure_xla
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "memory.json"
-VARIANTS = ("xl", "compressive", "reformer", "reformer-exact")
+VARIANTS = ("xl", "compressive", "reformer", "reformer-exact", "window-relative")
 DEFAULT_VARIANTS = ("xl", "compressive", "reformer")
+#: Line styles of the window baselines (drawn grey).
+STYLES = {"reformer": "--", "reformer-exact": ":", "window-relative": "-."}
 LABELS = {
     "xl": "Transformer-XL",
     "compressive": "Compressive (conv, rate 2)",
     "reformer": "Reformer (LSH, window 2x seg)",
     "reformer-exact": "Reformer, exact shared-QK (no hashing)",
+    "window-relative": "relative-position Transformer, window 2x seg, no memory",
 }
 
 
@@ -122,7 +127,13 @@ def train_config(args: argparse.Namespace, variant: str, corpus: Path):
     config = base_config()
     config.seed = args.seed
     config.data.name = "text"
-    if variant.startswith("reformer"):
+    if variant == "window-relative":
+        length, batch = 2 * args.seg, max(1, args.batch // 2)
+        config.model = dict(xl_model(args, "xl"), mem_len=0)
+        config.data.settings = dict(
+            path=str(corpus), seq_len=length, eval_fraction=args.eval_fraction
+        )
+    elif variant.startswith("reformer"):
         length, batch = 2 * args.seg, max(1, args.batch // 2)
         exact = dict(full_attention_below=length + 1) if variant == "reformer-exact" else {}
         config.model = _model(
@@ -249,7 +260,7 @@ def run_variant(args: argparse.Namespace, variant: str, corpus: Path) -> dict[st
         final_train_loss=float(result.train_metrics[-1]["loss"]),
         evals=[],
     )
-    if variant.startswith("reformer"):
+    if variant.startswith("reformer") or variant == "window-relative":
         source = TextFile(corpus, seq_len=config.seq_len, eval_fraction=args.eval_fraction)
         nll, count = evaluate_positions(model, source, args.eval_batch, None)
         record["evals"].append(
@@ -349,9 +360,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     ax = axes[0]
     for run in results["runs"]:
-        if run["variant"].startswith("reformer"):
-            style = "--" if run["variant"] == "reformer" else ":"
-            ax.axhline(run["evals"][0]["bpb"], ls=style, c="grey", label=run["label"])
+        if run["variant"].startswith("reformer") or run["variant"] == "window-relative":
+            ax.axhline(
+                run["evals"][0]["bpb"], ls=STYLES[run["variant"]], c="grey", label=run["label"]
+            )
             continue
         xs = [e["memory"] / seg for e in run["evals"]]
         ax.plot(xs, [e["bpb"] for e in run["evals"]], "o-", label=run["label"])
@@ -369,10 +381,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 label = f"XL, memory {e['memory']}"
                 ax.plot(ps, [p["bpb"] for p in e["by_position"]], "o-", label=label)
     for run in results["runs"]:
-        if run["variant"].startswith("reformer"):
+        if run["variant"].startswith("reformer") or run["variant"] == "window-relative":
             e = run["evals"][0]
             ps = [p["position"] for p in e["by_position"]]
-            style = "--" if run["variant"] == "reformer" else ":"
+            style = STYLES[run["variant"]]
             ax.plot(ps, [p["bpb"] for p in e["by_position"]], style, c="grey", label=run["label"])
     ax.set_xlabel("position within the segment (window)")
     ax.set_ylabel("held-out bits per byte")
@@ -398,7 +410,7 @@ def table(results: dict[str, Any]) -> str:
     lines = ["| model | eval memory (x seg) | held-out bpb |", "|---|---|---|"]
     for run in results["runs"]:
         for e in run["evals"]:
-            reformer = run["variant"].startswith("reformer")
+            reformer = run["variant"].startswith("reformer") or run["variant"] == "window-relative"
             memory = "window 2x seg" if reformer else f"{e['memory'] / seg:g}"
             lines.append(f"| {run['label']} | {memory} | {e['bpb']:.3f} |")
     return "\n".join(lines)
