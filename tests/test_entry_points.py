@@ -31,6 +31,7 @@ ENTRY_POINTS = [
             "duplication_table",
             "generate",
             "lra",
+            "memory",
             "memory_scaling",
             "model_memory",
             "peers",
