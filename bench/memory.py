@@ -83,10 +83,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--toy", action="store_true", help="tiny sizes (tests)")
     p.add_argument("--from-json", type=Path, default=None, help="replot a results file")
     args = p.parse_args(argv)
-    if args.toy:
-        args.steps, args.seg, args.batch, args.d_model, args.d_ff = 3, 8, 4, 16, 32
-        args.layers, args.heads, args.eval_batch = 1, 2, 2
-        args.step_mem_lens = "0,8,16"
+    if args.toy:  # tiny values for the settings left at their defaults
+        toy = dict(
+            steps=3, seg=8, batch=4, d_model=16, d_ff=32, layers=1, heads=2, eval_batch=2,
+            step_mem_lens="0,8,16",
+        )  # fmt: skip
+        for name, value in toy.items():
+            if getattr(args, name) == p.get_default(name):
+                setattr(args, name, value)
     return args
 
 
