@@ -17,7 +17,7 @@ with the validation metrics; ``BestCheckpoint``).
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -25,10 +25,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from reformer_jax.config import ReformerConfig
 from reformer_jax.model import ReformerLM
+from reformer_jax.paths import as_path
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -50,10 +52,10 @@ def config_from_json(text: str) -> ReformerConfig:
 
 
 def save_model(
-    directory: str | pathlib.Path, model: ReformerLM, *, overwrite: bool = False
-) -> pathlib.Path:
+    directory: str | os.PathLike, model: ReformerLM, *, overwrite: bool = False
+) -> epath.Path:
     """Exports ``model`` (config + parameters) to ``directory``; never overwrites silently."""
-    directory = pathlib.Path(directory).absolute()
+    directory = as_path(directory)
     if directory.exists() and any(directory.iterdir()):
         if not overwrite:
             raise FileExistsError(
@@ -70,14 +72,14 @@ def save_model(
 
 
 def load_model(
-    directory: str | pathlib.Path, *, sharding: Any = None, **config_overrides: Any
+    directory: str | os.PathLike, *, sharding: Any = None, **config_overrides: Any
 ) -> ReformerLM:
     """Loads a model written by :func:`save_model` (or the ``model`` part of a train step).
 
     ``config_overrides`` change settings that do not affect parameter shapes (e.g.
     ``lsh_n_hashes`` for evaluation, ``hash_seed``, ``dtype``, dropout rates).
     """
-    directory = pathlib.Path(directory).absolute()
+    directory = as_path(directory)
     config_path = directory / CONFIG_FILE
     if not config_path.exists():
         raise FileNotFoundError(
@@ -111,8 +113,8 @@ class TrainCheckpointer:
     current run's shardings, so a run can resume on another mesh or device count.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, save_every: int = 1000):
-        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, save_every: int = 1000):
+        self.directory = as_path(workdir) / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             save_interval_steps=1,
@@ -218,7 +220,7 @@ class TrainCheckpointer:
                 return "non-finite values"
         return params, opt_state, meta
 
-    def _move_aside(self, step: int) -> pathlib.Path:
+    def _move_aside(self, step: int) -> epath.Path:
         source = self.directory / str(step)
         target_dir = self.directory.parent / DAMAGED_DIR
         target_dir.mkdir(parents=True, exist_ok=True)
@@ -245,8 +247,8 @@ class BestCheckpoint:
     validation metrics, so a resumed run knows the value to beat.
     """
 
-    def __init__(self, workdir: str | pathlib.Path):
-        self.directory = pathlib.Path(workdir).absolute() / "best"
+    def __init__(self, workdir: str | os.PathLike):
+        self.directory = as_path(workdir) / "best"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=1, enable_async_checkpointing=True, create=True
         )
@@ -312,10 +314,10 @@ def _is_float(leaf: Any) -> bool:
 
 
 def load_model_from_workdir(
-    workdir: str | pathlib.Path, step: int | None = None, **config_overrides: Any
+    workdir: str | os.PathLike, step: int | None = None, **config_overrides: Any
 ) -> ReformerLM:
     """The model of a training run's latest (or given) checkpoint in ``workdir``."""
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = as_path(workdir)
     config_path = workdir / CONFIG_FILE
     if not config_path.exists():
         raise FileNotFoundError(
@@ -366,10 +368,10 @@ def load_model_from_workdir(
     return nnx.merge(graphdef, params)
 
 
-def training_steps(directory: str | pathlib.Path) -> list[int]:
+def training_steps(directory: str | os.PathLike) -> list[int]:
     """The completed steps in a ``checkpoints`` directory, ascending (orbax's temporary
     directories of unfinished saves are not steps)."""
-    directory = pathlib.Path(directory)
+    directory = epath.Path(directory)
     if not directory.is_dir():
         return []
     return sorted(

@@ -6,6 +6,7 @@ from flax import nnx
 
 from reformer_jax.layers.attention import layer_rotations
 from reformer_jax.model import ReformerLM, lm_loss
+from tests.helpers import DropoutRecorder, assert_kept_fraction, assert_masks_distinct
 from tests.model_utils import loss_and_grads, tiny_config
 
 
@@ -100,3 +101,38 @@ def test_lm_loss_is_next_token_cross_entropy():
     assert float(total) == 2
     loss_w, total_w = lm_loss(logits, tokens, jnp.array([[1.0, 0.0, 1.0]]))
     np.testing.assert_allclose(loss_w, -np.log(0.25), rtol=1e-6)
+
+
+def _dropout_model_modules():
+    from reformer_jax import model as model_module
+    from reformer_jax.kernels import full, masking
+    from reformer_jax.layers import feedforward
+
+    return model_module, feedforward, masking, full
+
+
+def test_hidden_dropout_masks_differ_across_layers_and_replay_in_the_backward(monkeypatch):
+    """Catches hidden dropout whose key ignores the layer (every layer, or the attention and
+    feed-forward branches, dropping the same units), a wrong rate or scale, and a reversible
+    backward that recomputes a layer with another mask than its forward (the backward's
+    recorded masks must all be forward masks)."""
+    recorder = DropoutRecorder().install(monkeypatch, *_dropout_model_modules())
+    rate = 0.25
+    cfg = tiny_config(n_layers=4, attention_pattern=("local", "lsh"), hidden_dropout=rate)
+    model = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, cfg.vocab_size)
+    key = jax.random.key(9)
+    graphdef, state = nnx.split(model)
+    forward_fn = jax.jit(lambda state: nnx.merge(graphdef, state)(tokens, dropout_rng=key))
+    jax.block_until_ready(forward_fn(state))
+    forward = recorder.masks()
+    # embedding + head + 4 layers x (attention output, feed-forward output)
+    assert len(forward) == 2 + 2 * 4, len(forward)
+    assert_masks_distinct(forward)
+    kept = np.concatenate([m.ravel() for m in forward])
+    assert_kept_fraction(kept, np.ones_like(kept), rate)
+    recorder.clear()
+    jax.block_until_ready(loss_and_grads(model, tokens, key))
+    in_grad = {np.packbits(m).tobytes() for m in recorder.masks()}
+    assert in_grad <= {np.packbits(m).tobytes() for m in forward}
+    assert len(recorder.calls) > len(forward), "the reversible backward recomputes the layers"

@@ -32,13 +32,14 @@ import dataclasses
 import functools
 import math
 import os
-import pathlib
 import zipfile
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from reformer_jax.data.base import ByteWindowSource
+from reformer_jax.paths import as_path
 
 __all__ = ["ARCHIVE_NAME", "URL", "Enwik8", "Enwik8Config", "Enwik8Reformer"]
 
@@ -142,7 +143,7 @@ class Enwik8Reformer(tfds.core.GeneratorBasedBuilder):
 
 def read_archive(path: str | os.PathLike) -> bytes:
     """The contents of ``enwik8`` inside the zip archive ``path``."""
-    with open(os.fspath(path), "rb") as f, zipfile.ZipFile(f) as z:
+    with epath.Path(path).open("rb") as f, zipfile.ZipFile(f) as z:
         names = z.namelist()
         if _MEMBER in names:
             return z.read(_MEMBER)
@@ -262,8 +263,8 @@ class Enwik8(ByteWindowSource):
         )
         if not builder.is_prepared():
             if manual_dir is None:
-                manual_dir = pathlib.Path(builder.data_dir_root) / "downloads" / "manual"
-            manual_dir = pathlib.Path(manual_dir).expanduser()
+                manual_dir = epath.Path(builder.data_dir_root) / "downloads" / "manual"
+            manual_dir = as_path(manual_dir)
             if not (manual_dir / ARCHIVE_NAME).is_file():
                 raise FileNotFoundError(
                     f"enwik8 is not prepared in {builder.data_dir} and the archive "

@@ -39,18 +39,19 @@ from __future__ import annotations
 
 import math
 import os
-import pathlib
 import tarfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from tensorflow_datasets.datasets.downsampled_imagenet import (
     downsampled_imagenet_dataset_builder as _tfds_downsampled_imagenet,
 )
 
 from reformer_jax.data.base import SourceBase, lm_batch, step_rng
+from reformer_jax.paths import as_path
 
 __all__ = ["IMAGE_SHAPE", "MANUAL_FILES", "TFDS_NAME", "ImageNet64", "TarPreparer", "flatten"]
 
@@ -88,7 +89,7 @@ class TarPreparer(_tfds_downsampled_imagenet.Builder, skip_registration=True):
         return None
 
     def _split_generators(self, dl_manager):
-        manual_dir = pathlib.Path(os.fspath(dl_manager.manual_dir))
+        manual_dir = epath.Path(dl_manager.manual_dir)
         if self.builder_config.name != "64x64":
             raise ValueError("TarPreparer only prepares the 64x64 config")
         paths = {split: manual_dir / name for split, name in MANUAL_FILES.items()}
@@ -98,7 +99,10 @@ class TarPreparer(_tfds_downsampled_imagenet.Builder, skip_registration=True):
         return {split: self._generate_examples(path) for split, path in paths.items()}
 
     def _generate_examples(self, archive):
-        with tarfile.open(archive, "r|*") as tar:  # Streaming: one pass over a 12 GB file.
+        with (
+            archive.open("rb") as f,
+            tarfile.open(fileobj=f, mode="r|*") as tar,
+        ):  # Streaming: one pass over a 12 GB file.
             for member in tar:
                 if member.isfile():
                     yield member.name, {"image": tar.extractfile(member).read()}
@@ -160,9 +164,9 @@ class ImageNet64(SourceBase):
                     "pass it as --config.data.settings.manual_dir= (manual_dir=; see "
                     "reformer_jax.data.imagenet64's docstring)"
                 )
-            manual_dir = pathlib.Path(manual_dir).expanduser()
+            manual_dir = as_path(manual_dir)
             absent = [str(manual_dir / f) for f in MANUAL_FILES.values()]
-            absent = [p for p in absent if not os.path.isfile(p)]
+            absent = [p for p in absent if not epath.Path(p).is_file()]
             if absent:
                 raise FileNotFoundError(
                     f"{TFDS_NAME} is not prepared in {where} and the manual archive(s) {absent} "

@@ -17,27 +17,28 @@ from __future__ import annotations
 
 import math
 import os
-import pathlib
 
 import numpy as np
+from etils import epath
 
 from reformer_jax.data.base import ByteWindowSource
+from reformer_jax.paths import is_uri
 
 __all__ = ["TextFile", "corpus_files"]
 
 
-def corpus_files(path: str | os.PathLike) -> list[pathlib.Path]:
-    """The files making up the corpus at ``path``, in concatenation order.
+def corpus_files(path: str | os.PathLike) -> list[epath.Path]:
+    """The files making up the corpus at ``path`` (local or ``gs://``), in concatenation order.
 
-    An empty ``path`` is an error (``pathlib`` would read it as the current directory, making
-    whatever lies there the corpus).
+    An empty ``path`` is an error (a path library would read it as the current directory,
+    making whatever lies there the corpus).
     """
     if not str(path).strip():
         raise ValueError(
             "data.settings.path: no text corpus given; pass "
             "--config.data.settings.path=FILE_OR_DIRECTORY (train.py) or path= (get_source)"
         )
-    path = pathlib.Path(path)
+    path = epath.Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -45,12 +46,21 @@ def corpus_files(path: str | os.PathLike) -> list[pathlib.Path]:
             f"data.settings.path: text corpus {str(path)!r} does not exist; pass "
             "--config.data.settings.path= (or path=) an existing file or directory"
         )
-    files = []
-    for root, dirs, names in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        files += [pathlib.Path(root, n) for n in names if not n.startswith(".")]
-    files = [f for f in files if f.is_file()]
+    files = _visible_files(path)
     return sorted(files, key=lambda f: f.relative_to(path).as_posix())
+
+
+def _visible_files(directory: epath.Path) -> list[epath.Path]:
+    """Regular files below ``directory``, skipping hidden files and directories."""
+    files = []
+    for child in directory.iterdir():
+        if child.name.startswith("."):
+            continue
+        if child.is_dir():
+            files += _visible_files(child)
+        elif child.is_file():
+            files.append(child)
+    return files
 
 
 class TextFile(ByteWindowSource):
@@ -85,7 +95,7 @@ class TextFile(ByteWindowSource):
             raise ValueError(f"order must be 'windows' or 'streams', got {order!r}")
         self.order = order
         files = corpus_files(path)
-        self.path = pathlib.Path(path)
+        self.path = epath.Path(path)
         self.seq_len = seq_len
         self.eval_fraction = eval_fraction
         if not files:
@@ -93,8 +103,13 @@ class TextFile(ByteWindowSource):
                 f"Text corpus directory {str(self.path)!r} contains no (non-hidden) files"
             )
         if len(files) == 1 and files[0] == self.path:
-            size = self.path.stat().st_size
-            data = np.memmap(self.path, np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+            size = self.path.stat().length
+            if not size:
+                data = np.zeros(0, np.uint8)
+            elif is_uri(self.path):  # a bucket: read once into memory
+                data = np.frombuffer(self.path.read_bytes(), np.uint8)
+            else:
+                data = np.memmap(os.fspath(self.path), np.uint8, mode="r")
         else:
             data = np.frombuffer(bytes(separator).join(f.read_bytes() for f in files), np.uint8)
         n = len(data)

@@ -4,28 +4,33 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
+import os
 import time
 from typing import Any
 
 import jax
 
+from reformer_jax.paths import as_path, is_uri
+
 
 class MetricWriter:
     """Writes scalars to ``<workdir>/metrics.jsonl`` and TensorBoard (``<workdir>/tb``)."""
 
-    def __init__(self, workdir: str | pathlib.Path, *, enabled: bool | None = None):
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = as_path(workdir)
         self._jsonl = None
         self._tb = None
         if self.enabled:
-            self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115
+            self._jsonl = (self.workdir / "metrics.jsonl").open("a")
             try:
+                if is_uri(self.workdir):
+                    # tensorboardX writes buckets itself, through google-cloud-storage
+                    import google.cloud.storage  # noqa: F401
                 from tensorboardX import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.workdir / "tb"))
-            except ImportError:  # pragma: no cover - tensorboardX is a dependency
+            except ImportError:  # no TensorBoard files there; metrics.jsonl is still written
                 self._tb = None
 
     def write(self, step: int, split: str, values: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import functools
 import itertools
 import json
 import math
-import pathlib
+import os
 import signal
 import sys
 import time
@@ -27,11 +27,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 
 from reformer_jax import data as data_lib
 from reformer_jax.checkpoint import BestCheckpoint, TrainCheckpointer
 from reformer_jax.config import ReformerConfig
+from reformer_jax.paths import as_path
 from reformer_jax.runtime import release_free_memory
 from reformer_jax.train import sharding as shd
 from reformer_jax.train.metrics import MetricWriter
@@ -104,7 +106,7 @@ def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> Reforme
     return model_config(config, vocab_size, config.seq_len)
 
 
-def _check_workdir(workdir: pathlib.Path, record: dict[str, Any]) -> bool:
+def _check_workdir(workdir: epath.Path, record: dict[str, Any]) -> bool:
     """True when the workdir holds a compatible run to resume; raises when incompatible."""
     config_path = workdir / "config.json"
     if workdir.exists() and not workdir.is_dir():
@@ -369,10 +371,11 @@ def _trained_with(cfg: ReformerConfig, seq_len: int) -> str:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike
 ) -> TrainResult:
-    """Trains (or resumes) the run described by ``config`` in ``workdir``."""
-    workdir = pathlib.Path(workdir).absolute()
+    """Trains (or resumes) the run described by ``config`` in ``workdir`` (local or
+    ``gs://``)."""
+    workdir = as_path(workdir)
     validate_train_config(config)
     source = data_lib.get_source(config.data.name, config.data.settings)
     if source.seq_len != config.seq_len:
@@ -384,11 +387,7 @@ def train_and_evaluate(
     record = {"model": task.model_cfg.to_dict(), "train": _jsonable(config)}
     resuming = _check_workdir(workdir, record)
     mesh = shd.make_mesh(config.mesh_shape)
-    if config.batch_size % mesh.shape[shd.DATA]:
-        raise ValueError(
-            f"config.batch_size {config.batch_size} is not divisible by the data "
-            f"axis ({mesh.shape[shd.DATA]} devices); adjust one of them"
-        )
+    _check_batch(config, mesh)
     schedule, tx = _optimizer(config)
     workdir.mkdir(parents=True, exist_ok=True)
     state = _TrainState.start(config, task, tx, mesh, workdir, resuming)
@@ -485,6 +484,100 @@ def _optimizer(config: ml_collections.ConfigDict):
     return schedule, tx
 
 
+def _check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    if config.batch_size % shd.data_parallel_size(mesh):
+        raise ValueError(
+            f"config.batch_size {config.batch_size} is not divisible by the data-parallel "
+            f"axes ({shd.data_parallel_size(mesh)} devices: data x fsdp); adjust one of them"
+        )
+
+
+def _state_shardings(tx, abstract_params: Any, mesh: jax.sharding.Mesh):
+    """(parameter shardings, abstract optimizer state, its shardings): the training state's
+    layout on ``mesh``, shared by the loop and `build_train_step`."""
+    param_sharding = shd.param_shardings(mesh, abstract_params)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_sharding = optax.tree_map_params(
+        tx,
+        # Adam's moments mirror their parameter; Adafactor's factored rows/columns do not.
+        lambda leaf, sharding: (
+            sharding if leaf.ndim == len(sharding.spec) else shd.replicated(mesh)
+        ),
+        abstract_opt,
+        param_sharding,
+        transform_non_params=lambda _: shd.replicated(mesh),
+    )
+    return param_sharding, abstract_opt, opt_sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """The jitted language-model training step for one config on one mesh, and its parts.
+
+    ``step(params, opt_state, batch, step) -> (params, opt_state, metrics)``: the loop's step
+    (`make_task_train_step` with `LMTask`, no carry) with the loop's optimizer, shardings and
+    donation. Ahead-of-time compilation (``bench/aot_tpu.py``) compiles it for pods.
+    """
+
+    step: Any
+    mesh: jax.sharding.Mesh
+    graphdef: Any
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    abstract_params: Any
+    param_sharding: Any
+    abstract_opt: Any
+    opt_sharding: Any
+
+    def abstract_args(self, batch_size: int, seq_len: int) -> tuple[Any, ...]:
+        """Sharded ``jax.ShapeDtypeStruct`` arguments of ``step`` (nothing allocated)."""
+        rows = shd.batch_sharding(self.mesh)
+        batch = {
+            name: jax.ShapeDtypeStruct((batch_size, seq_len), dtype, sharding=rows)
+            for name, dtype in (
+                ("inputs", jnp.int32),
+                ("targets", jnp.int32),
+                ("weights", jnp.float32),
+            )
+        }
+        return (
+            _with_shardings(self.abstract_params, self.param_sharding),
+            _with_shardings(self.abstract_opt, self.opt_sharding),
+            batch,
+            jax.ShapeDtypeStruct((), jnp.int32, sharding=shd.replicated(self.mesh)),
+        )
+
+
+def build_train_step(
+    config: ml_collections.ConfigDict, model_cfg: ReformerConfig, mesh: jax.sharding.Mesh
+) -> TrainStep:
+    """Optimizer, shardings and the jitted LM step for ``config`` on ``mesh`` (no arrays)."""
+    _check_batch(config, mesh)
+    schedule, tx = _optimizer(config)
+    task = LMTask(model_cfg)
+    graphdef, abstract_params = nnx.split(
+        nnx.eval_shape(lambda: task.make_model(nnx.Rngs(0))), nnx.Param
+    )
+    param_sharding, abstract_opt, opt_sharding = _state_shardings(tx, abstract_params, mesh)
+    step = jax.jit(
+        make_train_step(graphdef, tx, model_cfg, config.grad_accum_steps, config.seed),
+        in_shardings=(param_sharding, opt_sharding, shd.batch_sharding(mesh), None),
+        out_shardings=(param_sharding, opt_sharding, shd.replicated(mesh)),
+        donate_argnums=(0, 1),
+    )
+    return TrainStep(
+        step,
+        mesh,
+        graphdef,
+        tx,
+        schedule,
+        abstract_params,
+        param_sharding,
+        abstract_opt,
+        opt_sharding,
+    )
+
+
 def _with_shardings(abstract: Any, shardings: Any) -> Any:
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
@@ -506,23 +599,12 @@ class _TrainState:
     checkpointer: TrainCheckpointer
 
     @classmethod
-    def start(cls, config, task: Task, tx, mesh, workdir: pathlib.Path, resuming: bool):
+    def start(cls, config, task: Task, tx, mesh, workdir: epath.Path, resuming: bool):
         """Fresh parameters (seeded by ``config.seed``), or the latest checkpoint when resuming."""
         graphdef, abstract_params = nnx.split(
             nnx.eval_shape(lambda: task.make_model(nnx.Rngs(0))), nnx.Param
         )
-        param_sharding = shd.param_shardings(mesh, abstract_params)
-        abstract_opt = jax.eval_shape(tx.init, abstract_params)
-        opt_sharding = optax.tree_map_params(
-            tx,
-            # Adam's moments mirror their parameter; Adafactor's factored rows/columns do not.
-            lambda leaf, sharding: (
-                sharding if leaf.ndim == len(sharding.spec) else shd.replicated(mesh)
-            ),
-            abstract_opt,
-            param_sharding,
-            transform_non_params=lambda _: shd.replicated(mesh),
-        )
+        param_sharding, abstract_opt, opt_sharding = _state_shardings(tx, abstract_params, mesh)
         carry_sharding = shd.batch_sharding(mesh)
         params_target = _with_shardings(abstract_params, param_sharding)
         checkpointer = TrainCheckpointer(
@@ -630,7 +712,7 @@ class _StepClock:
 class _BestTracker:
     """Keeps the checkpoint with the best validation metric (``(name, "max" | "min")``)."""
 
-    def __init__(self, workdir: pathlib.Path, best_metric: tuple[str, str]):
+    def __init__(self, workdir: epath.Path, best_metric: tuple[str, str]):
         self.best_metric = best_metric
         self.store = BestCheckpoint(workdir)
         self.meta = self.store.meta()  # a resumed run continues from its best so far

@@ -1,8 +1,12 @@
 """Checks shared by the data-source tests: batch format, determinism, resumption, sharding."""
 
+import io
 import itertools
+import pathlib
+import tarfile
 
 import numpy as np
+from PIL import Image
 
 from reformer_jax.data import Batch
 
@@ -72,3 +76,20 @@ def check_sharding(source, split, batch_size, process_count, steps, seed=0, star
             np.testing.assert_array_equal(
                 np.concatenate([getattr(g, field) for g in got]), getattr(want, field)
             )
+
+
+def random_images(n: int, seed: int) -> np.ndarray:
+    """``n`` random 64x64 RGB images (uint8), the ImageNet64 format."""
+    return np.random.default_rng(seed).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+
+
+def write_image_tar(path: pathlib.Path, images: np.ndarray) -> None:
+    """A tar of PNGs laid out like the downsampled-ImageNet downloads (``<stem>/NNNNN.png``)."""
+    with tarfile.open(path, "w") as tar:
+        for i, image in enumerate(images):
+            buf = io.BytesIO()
+            Image.fromarray(image).save(buf, format="PNG")
+            info = tarfile.TarInfo(f"{path.stem}/{i:05d}.png")
+            info.size = buf.tell()
+            buf.seek(0)
+            tar.addfile(info, buf)

@@ -1,11 +1,8 @@
-import io
 import sys
-import tarfile
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from reformer_jax.data import DataSource
 from reformer_jax.data.imagenet64 import TFDS_NAME, ImageNet64, flatten
@@ -14,18 +11,16 @@ from tests.data.checks import (
     check_determinism,
     check_resume,
     check_sharding,
+    random_images,
     take,
+    write_image_tar,
 )
 
 L = 64 * 64 * 3
 
 
-def _images(n, seed):
-    return np.random.default_rng(seed).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
-
-
 def _fake(n_train=6, n_valid=5):
-    train, valid = _images(n_train, 0), _images(n_valid, 1)
+    train, valid = random_images(n_train, 0), random_images(n_valid, 1)
     examples = {
         "train": [{"image": im} for im in train],
         "validation": [{"image": im} for im in valid],
@@ -34,7 +29,7 @@ def _fake(n_train=6, n_valid=5):
 
 
 def test_flatten_order():
-    image = _images(1, 3)[0]
+    image = random_images(1, 3)[0]
     tokens = flatten(image)
     assert tokens.shape == (12_288,) and tokens.dtype == np.int32
     r, c, ch = np.indices((64, 64, 3)).reshape(3, -1)
@@ -98,7 +93,7 @@ def _mock_sources(valid):
         del kwargs
         assert builder.name == "downsampled_imagenet"
         sources = {
-            "train": [{"image": im} for im in _images(4, 2)],
+            "train": [{"image": im} for im in random_images(4, 2)],
             "validation": [{"image": im} for im in valid],
         }
         return [sources[s] for s in split] if isinstance(split, list) else sources[split]
@@ -114,7 +109,7 @@ def _placeholder_manual_dir(path):
 
 
 def test_reads_through_tfds_data_source_mock(tmp_path):
-    valid = _images(3, 5)
+    valid = random_images(3, 5)
     manual = _placeholder_manual_dir(tmp_path / "manual")
     with tfds.testing.mock_data(as_data_source_fn=_mock_sources(valid)):
         src = ImageNet64(data_dir=tmp_path / "data", manual_dir=manual)
@@ -132,24 +127,13 @@ def test_tfds_mock_data_wrong_shapes_are_reported(tmp_path):
             next(src.batches("train", 2))
 
 
-def _write_tar(path, images):
-    with tarfile.open(path, "w") as tar:
-        for i, image in enumerate(images):
-            buf = io.BytesIO()
-            Image.fromarray(image).save(buf, format="PNG")
-            info = tarfile.TarInfo(f"{path.stem}/{i:05d}.png")
-            info.size = buf.tell()
-            buf.seek(0)
-            tar.addfile(info, buf)
-
-
 def test_manual_route_prepares_a_tfds_dataset_without_tensorflow(tmp_path):
     tf_loaded_before = "tensorflow" in sys.modules
-    train, valid = _images(4, 6), _images(3, 7)
+    train, valid = random_images(4, 6), random_images(3, 7)
     manual = tmp_path / "manual"
     manual.mkdir()
-    _write_tar(manual / "train_64x64.tar", train)
-    _write_tar(manual / "valid_64x64.tar", valid)
+    write_image_tar(manual / "train_64x64.tar", train)
+    write_image_tar(manual / "valid_64x64.tar", valid)
     src = ImageNet64(data_dir=tmp_path / "data", manual_dir=manual)
     # TFDS stores examples in its own (hashed) order: compare as sets of rows.
     rows = np.concatenate([b.inputs for b in src.batches("eval", 3)])

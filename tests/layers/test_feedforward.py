@@ -4,6 +4,7 @@ import numpy as np
 from flax import nnx
 
 from reformer_jax.layers.feedforward import FeedForward
+from tests.helpers import DropoutRecorder, assert_kept_fraction, assert_masks_distinct, keep_mask
 from tests.model_utils import tiny_config
 
 
@@ -55,3 +56,26 @@ def test_dropout_keys_are_replayable():
     a = ff(x, dropout_key=jax.random.key(4))
     np.testing.assert_array_equal(a, ff(x, dropout_key=jax.random.key(4)))
     assert not np.allclose(a, ff(x))
+
+
+def test_dropout_rate_scaling_and_masks_independent_across_chunks(monkeypatch):
+    """Catches feed-forward dropout keeping ``rate`` instead of ``1 - rate``, a missing
+    1/(1-p) scale, and every chunk reusing one key (the chunk index not folded in: each chunk
+    of rows would get the same mask), for both the inner (ff_dropout) and output
+    (hidden_dropout) dropout."""
+    from reformer_jax.layers import feedforward
+
+    recorder = DropoutRecorder().install(monkeypatch, feedforward)
+    cfg = tiny_config(ff_dropout=0.3, hidden_dropout=0.2, ff_chunk_size=16, d_ff=32)
+    ff = FeedForward(cfg, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 32, cfg.d_model))  # 128 rows: 8 chunks
+    jax.block_until_ready(ff(x, dropout_key=jax.random.key(4)))
+    by_rate: dict[float, list] = {0.3: [], 0.2: []}
+    for rate, inp, out in recorder.calls:
+        by_rate[rate].append(keep_mask(out, inp, rate))
+    for rate, pairs in by_rate.items():
+        assert len(pairs) == 8, "one dropout call per chunk"
+        kept = np.stack([k for k, _ in pairs])
+        live = np.stack([lv for _, lv in pairs])
+        assert_kept_fraction(kept, live, rate)
+        assert_masks_distinct(list(kept))

@@ -182,3 +182,83 @@ def test_linformer_layer_sharing_gradient_is_the_sum_over_layers(x64):
         g_c["blocks"][1]["attention"]["q"]["kernel"][...],
         rtol=1e-9,
     )
+
+
+# -- float32: the backward must reuse the forward's bucket ids ------------------------------
+#
+# Tolerance derivation. The reversible backward reconstructs each layer's inputs by subtraction
+# (x2 = y2 - G(y1), x1 = y1 - F(x2)); each subtraction rounds with an absolute error of about
+# eps * |y| (float32 eps = 2**-23 = 1.2e-7), and the errors of the n_layers layers add up. The
+# feed-forward outputs are scaled by STREAM_SCALE, so the streams grow to |y| ~ STREAM_SCALE * |x|
+# and the reconstructed inputs carry a relative error of about n_layers * eps * STREAM_SCALE. The
+# gradients are smooth functions of those inputs (condition ~1 here; measured 0.6), so with the
+# forward's bucket ids they agree with autodiff to FLOAT32_TOL = 2 * n_layers * eps * STREAM_SCALE
+# (1.4e-3; measured 4.3e-4). Re-hashing the reconstructed inputs instead moves some tokens to other
+# buckets, i.e. changes which keys they attend to: an O(1) change for those tokens (measured 5e-2).
+REV_LAYERS, STREAM_SCALE = 6, 1000.0
+FLOAT32_TOL = 2 * REV_LAYERS * float(np.finfo(np.float32).eps) * STREAM_SCALE
+
+
+def _float32_case():
+    cfg = tiny_config(
+        n_layers=REV_LAYERS,
+        attention_pattern=("lsh",),
+        lsh_n_hashes=4,
+        lsh_n_buckets=8,
+        lsh_chunk_len=8,
+        axial_shape=(8, 16),
+    )
+    tokens = jax.random.randint(jax.random.key(1), (2, 128), 0, cfg.vocab_size)
+
+    def model(c):
+        m = ReformerLM(c, rngs=nnx.Rngs(0))
+        for block in m.blocks:
+            ff = block.feedforward.dense_out
+            ff.kernel.value = ff.kernel.value * STREAM_SCALE
+        return m
+
+    return cfg, tokens, model
+
+
+def _relative_error(grads, reference) -> float:
+    return max(
+        float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference), strict=True)
+    )
+
+
+@pytest.fixture(scope="module")
+def float32_autodiff_grads():
+    cfg, tokens, model = _float32_case()
+    return loss_and_grads(model(cfg.replace(reversible=False)), tokens, jax.random.key(3))[1]
+
+
+@pytest.mark.slow
+def test_float32_reversible_gradients_equal_autodiff(float32_autodiff_grads):
+    """Catches a reversible backward that re-hashes the reconstructed activations instead of
+    reusing the forward's bucket ids (in float32 reconstruction error moves tokens to other
+    buckets: see the next test), and reconstruction that drifts more than float32 rounding
+    explains (e.g. a branch recomputed with another key). Tolerance: FLOAT32_TOL above."""
+    cfg, tokens, model = _float32_case()
+    grads = loss_and_grads(model(cfg), tokens, jax.random.key(3))[1]
+    assert _relative_error(grads, float32_autodiff_grads) <= FLOAT32_TOL
+
+
+@pytest.mark.slow
+def test_float32_case_where_re_hashing_moves_buckets_exists(float32_autodiff_grads, monkeypatch):
+    """Shows that the previous test can fail: re-hashing in the backward (``buckets=None`` for
+    every LSH call, so the backward hashes the reconstructed inputs) changes the gradients by
+    far more than FLOAT32_TOL in this case. If this test failed, the float32 comparison above
+    would no longer be able to detect a backward that ignores the forward's bucket ids."""
+    from reformer_jax.layers import attention
+
+    original = attention.attend
+
+    def re_hashing(*args, **kwargs):
+        kwargs["buckets"] = None
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "attend", re_hashing)
+    cfg, tokens, model = _float32_case()
+    grads = loss_and_grads(model(cfg), tokens, jax.random.key(3))[1]
+    assert _relative_error(grads, float32_autodiff_grads) > 10 * FLOAT32_TOL

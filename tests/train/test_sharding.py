@@ -10,8 +10,12 @@ from tests.model_utils import tiny_config
 
 def test_mesh_shapes():
     assert jax.device_count() == 8  # tests/conftest.py simulates 8 CPU devices
-    assert dict(shd.make_mesh((-1, 2)).shape) == {"data": 4, "model": 2}
-    assert dict(shd.make_mesh((2, 1)).shape) == {"data": 2, "model": 1}
+    # (data, model) keeps its meaning: the fsdp axis is 1.
+    assert dict(shd.make_mesh((-1, 2)).shape) == {"data": 4, "fsdp": 1, "model": 2}
+    assert dict(shd.make_mesh((2, 1)).shape) == {"data": 2, "fsdp": 1, "model": 1}
+    assert dict(shd.make_mesh((1, -1, 2)).shape) == {"data": 1, "fsdp": 4, "model": 2}
+    with pytest.raises(ValueError, match="mesh_shape"):
+        shd.make_mesh((2, 2, 2, 1))
     with pytest.raises(ValueError, match="mesh_shape"):
         shd.make_mesh((3, -1))
     with pytest.raises(ValueError, match="mesh_shape"):
@@ -59,3 +63,17 @@ def test_the_families_parameters_follow_the_rules():
     state = nnx.state(nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0))), nnx.Param)
     per_head = shd.param_shardings(mesh, state)["blocks"][1]["attention"]["proj_k"]
     assert per_head.get_value().spec == P(None, None, None, None)
+
+
+def test_fsdp_shards_the_embed_dimension_of_parameters_and_batches():
+    """Catches FSDP that leaves parameters replicated (no memory saved) or batches split over
+    only the ``data`` axis (each fsdp device would see the wrong rows)."""
+    mesh = shd.make_mesh((1, 4, 2))
+    cfg = tiny_config(attention_pattern=("local", "lsh"), n_heads=2)
+    state = nnx.state(nnx.eval_shape(lambda: ReformerLM(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    shardings = shd.param_shardings(mesh, state)
+    block = shardings["blocks"][1]
+    assert block["attention"]["qk"]["kernel"].get_value().spec == P(None, "fsdp", "model")
+    assert block["feedforward"]["dense_out"]["kernel"].get_value().spec == P(None, "model", "fsdp")
+    assert shd.batch_sharding(mesh).spec == P(("data", "fsdp"))
+    assert shd.data_parallel_size(mesh) == 4

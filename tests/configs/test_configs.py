@@ -9,7 +9,7 @@ import pytest
 from reformer_jax.config import ReformerConfig
 from reformer_jax.train import train_and_evaluate
 from reformer_jax.train.trainer import validate_train_config
-from tests.data.test_imagenet64 import _images, _write_tar
+from tests.data.checks import random_images, write_image_tar
 
 NAMES = [
     "classify_tiny",
@@ -19,6 +19,7 @@ NAMES = [
     "enwik8_small",
     "enwik8_xl",
     "imagenet64",
+    "scaled_1b",
     "text",
     "text_compressive",
     "text_performer",
@@ -76,8 +77,8 @@ def _one_step(config, workdir):
 def test_imagenet64_config_takes_a_step_on_mock_data(tmp_path):
     manual = tmp_path / "manual"
     manual.mkdir()
-    _write_tar(manual / "train_64x64.tar", _images(2, 1))
-    _write_tar(manual / "valid_64x64.tar", _images(1, 2))
+    write_image_tar(manual / "train_64x64.tar", random_images(2, 1))
+    write_image_tar(manual / "valid_64x64.tar", random_images(1, 2))
     config = importlib.import_module("configs.imagenet64").get_config()
     config.data.settings = dict(data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
     _one_step(config, tmp_path / "run")
