@@ -4,11 +4,19 @@ Reproduces the setting of the Reformer paper's speed-vs-length figure: the numbe
 batch is held fixed (``batch = tokens // length``), so an O(L) kernel costs the same per token at
 every length and full attention's cost per token grows linearly with L.
 
-Each configuration is one jitted ``value_and_grad`` of ``sum(out ** 2)`` with respect to the
-kernel's inputs (q, k, v for full and local attention; the shared qk and v for LSH attention,
-whose hashing is not differentiated). It is compiled first (compile time is reported separately
-and never included in the run times); if the compiled buffers would not fit in
-``--max-memory-gb`` (or in the memory the machine has available) it is skipped without running.
+Every attention family of the model is measured through its kind object, the registry
+``reformer_jax.layers.attention.KINDS`` (full, local, LSH, the sparse patterns star / BigBird /
+Longformer / strided / fixed, Linformer, Performer), configured by ordinary ``ReformerConfig``
+fields (:func:`series_table`), so the benchmark runs exactly what a model layer runs. Each
+configuration is one jitted ``value_and_grad`` of ``sum(out ** 2)`` with respect to the
+kernel's inputs (q, k, v; the shared qk and v for LSH attention, whose hashing is not
+differentiated); the kind's draws (LSH rotations, Performer features) and extra parameters
+(Linformer's projections) are inputs, not differentiated. All causal except Linformer, which
+cannot be. The crossover against full attention (where a series' time per token drops below
+full's) is reported for each series (:func:`crossovers`). Each configuration is compiled first
+(compile time is reported separately and never included in the run times); if the compiled
+buffers would not fit in ``--max-memory-gb`` (or in the memory the machine has available) it is
+skipped without running.
 Then one warm-up run, then ``--repeats`` timed runs whose median is reported. A configuration
 whose single step is estimated (from the previous length of the same kernel, scaled by XLA's
 flop count) or measured (warm-up) to take longer than ``--max-seconds`` is skipped or cut short.
@@ -16,6 +24,7 @@ flop count) or measured (warm-up) to take longer than ``--max-seconds`` is skipp
     python -m bench.attention                      # the full sweep (long on a small CPU)
     python -m bench.attention --quick              # ~15 s smoke test
     python -m bench.attention --kinds lsh --hashes 1,8 --lengths 4096,65536
+    python -m bench.attention --kinds full,bigbird,performer --block 64 --features 256
     python -m bench.attention --from-json bench/results/attention.json --markdown
 
 Results: a table on stdout, JSON (all numbers plus machine info) at ``--out`` and a PNG next to
@@ -40,29 +49,134 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from bench import results_json
 from bench.machine import machine_info
-from reformer_jax.kernels import (
-    auto_n_buckets,
-    draw_rotations,
-    full_attention,
-    local_attention,
-    lsh_attention,
-)
+from reformer_jax.config import ReformerConfig
+from reformer_jax.layers.attention import KINDS as KIND_REGISTRY
+from reformer_jax.layers.kinds.lsh import lsh_n_buckets
 from reformer_jax.runtime import configure_xla
 
-KINDS = ("full", "local", "lsh")
+#: Families (``--kinds``); each expands to one or more series in :func:`series_table`.
+KINDS = (
+    "full",
+    "local",
+    "lsh",
+    "star",
+    "bigbird",
+    "longformer",
+    "strided",
+    "fixed",
+    "linformer",
+    "performer",
+)
+DEFAULT_KINDS = KINDS
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "attention.json"
 MIB = 2**20
 GIB = 2**30
 
 
+@dataclass(frozen=True)
+class Series:
+    """One line of the figure: an attention kind of the model's registry
+    (``reformer_jax.layers.attention.KINDS``) with the config fields that set it up."""
+
+    name: str
+    kind: str
+    settings: tuple[tuple[str, Any], ...] = ()
+    causal: bool = True
+
+    def config(self, heads: int, d_head: int) -> ReformerConfig:
+        """The (validated) model config the kind reads its settings from."""
+        return ReformerConfig(
+            n_heads=heads,
+            d_head=d_head,
+            attention_pattern=(self.kind,),
+            n_layers=1,
+            causal=self.causal,
+            pos_embedding="sinusoidal",
+            **dict(self.settings),
+        )
+
+
+def series_table(args: argparse.Namespace) -> list[Series]:
+    """The measured series, in order, for the requested ``--kinds``.
+
+    Every setting here is an ordinary config field, so a series is what a model layer with that
+    ``attention_pattern`` entry runs. Linformer is the only bidirectional one (it cannot be
+    causal); its projections span the longest length of the sweep.
+    """
+    chunk, block = args.chunk, args.block
+    table: dict[str, list[Series]] = {
+        "full": [Series("full", "full")],
+        "local": [Series("local", "local", (("local_chunk_len", chunk),))],
+        "lsh": [
+            Series(f"lsh x{h}", "lsh", (("lsh_chunk_len", chunk), ("lsh_n_hashes", h)))
+            for h in args.hashes
+        ],
+        "star": [
+            Series("star", "sparse", (("sparse_pattern", "star"), ("sparse_block_len", chunk)))
+        ],
+        "bigbird": [
+            Series(
+                "bigbird",
+                "sparse",
+                (("sparse_pattern", "bigbird"), ("sparse_block_len", block)),
+            )
+        ],
+        "longformer": [
+            Series(
+                "longformer",
+                "sparse",
+                (
+                    ("sparse_pattern", "longformer"),
+                    ("sparse_window", chunk),
+                    ("sparse_global_positions", (0,)),
+                    ("sparse_block_len", chunk),
+                ),
+            )
+        ],
+        "strided": [
+            Series(
+                "strided", "sparse", (("sparse_pattern", "strided"), ("sparse_block_len", chunk))
+            )
+        ],
+        "fixed": [
+            Series(
+                "fixed",
+                "sparse",
+                (
+                    ("sparse_pattern", "fixed"),
+                    ("sparse_block_len", chunk),
+                    ("sparse_summary_len", args.summary),
+                ),
+            )
+        ],
+        "linformer": [
+            Series(
+                "linformer",
+                "linformer",
+                (("linformer_k", args.linformer_k), ("max_len", max(args.lengths))),
+                causal=False,
+            )
+        ],
+        "performer": [
+            Series(
+                "performer",
+                "performer",
+                (("performer_n_features", args.features), ("performer_chunk_len", chunk)),
+            )
+        ],
+    }
+    return [s for kind in args.kinds for s in table[kind]]
+
+
 @dataclass
 class Result:
-    """One (kernel, hashes, length) configuration; ``status`` is ``ok``, ``partial`` or
-    ``skipped`` (``note`` says why)."""
+    """One (series, length) configuration; ``status`` is ``ok``, ``partial`` or ``skipped``
+    (``note`` says why)."""
 
     kind: str
     n_hashes: int | None
@@ -73,6 +187,9 @@ class Result:
     chunk_len: int | None
     n_buckets: int | list[int] | None
     dtype: str
+    label: str = ""
+    causal: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)
     status: str = "ok"
     note: str = ""
     lower_s: float | None = None
@@ -96,7 +213,7 @@ class Result:
 
     @property
     def series(self) -> str:
-        return series_name(self.kind, self.n_hashes)
+        return self.label or series_name(self.kind, self.n_hashes)
 
     @property
     def tokens(self) -> int:
@@ -118,57 +235,38 @@ def series_name(kind: str, n_hashes: int | None) -> str:
 
 
 def build_step(
-    kind: str,
-    length: int,
-    *,
-    heads: int,
-    d_head: int,
-    chunk: int,
-    n_hashes: int | None,
-    dtype: jnp.dtype,
-) -> tuple[Callable[..., Any], int, Callable[[jax.Array], jax.Array] | None, Any]:
-    """Returns ``(step, n_inputs, make_rotations, n_buckets)`` for one configuration.
+    series: Series, length: int, *, heads: int, d_head: int, seed: int = 0
+) -> tuple[Callable[..., Any], int, Any, Any, ReformerConfig]:
+    """Returns ``(step, n_inputs, draws, params, cfg)`` for one configuration.
 
-    ``step(*inputs)`` is ``value_and_grad`` of ``sum(out ** 2)`` (accumulated in float32) with
-    respect to the ``n_inputs`` ``[batch, heads, length, d_head]`` attention inputs (q, k, v or
-    qk, v); LSH takes its rotations, from ``make_rotations(key)``, as one more argument.
+    ``step(inputs, draws, params)`` is ``value_and_grad`` of ``sum(out ** 2)`` (accumulated in
+    float32) with respect to the tuple of ``n_inputs`` ``[batch, heads, length, d_head]``
+    attention inputs (q, k, v, or the shared qk and v of a shared-QK kind), through the kind's
+    own ``attend``. ``draws`` is the kind's random input for this length (LSH rotations,
+    Performer features; drawn outside the step, as the model does), ``params`` its extra
+    parameters (Linformer's projections); neither is differentiated.
     """
+    kind = KIND_REGISTRY[series.kind]
+    cfg = series.config(heads, d_head)
+    key = jax.random.key(seed)
+    draws = kind.draw(cfg, jax.random.fold_in(key, 1), length)
+    extra = kind.params(cfg, nnx.Rngs(seed))
+    params = {name: p[...] for name, p in extra.items()} or None
 
-    def square_sum(out: jax.Array) -> jax.Array:
+    def loss(inputs, draws, params):
+        if kind.shared_qk:
+            (q, v), k = inputs, None
+        else:
+            q, k, v = inputs
+        out, _ = kind.attend(cfg, q, k, v, mask=None, dropout_key=None, draws=draws, params=params)
         out = out.astype(jnp.float32)
         return jnp.sum(out * out)
 
-    if kind == "full":
-
-        def loss(q, k, v):
-            return square_sum(full_attention(q, k, v, causal=True))
-
-        return jax.value_and_grad(loss, argnums=(0, 1, 2)), 3, None, None
-    if kind == "local":
-
-        def loss(q, k, v):
-            out = local_attention(q, k, v, chunk_len=chunk, n_chunks_before=1, causal=True)
-            return square_sum(out)
-
-        return jax.value_and_grad(loss, argnums=(0, 1, 2)), 3, None, None
-    if kind == "lsh":
-        # The kernel derives the same automatic count from the padded length.
-        n_buckets = auto_n_buckets(length + (-length) % chunk, chunk)
-
-        def loss(qk, v, rotations):
-            out = lsh_attention(qk, v, rotations, n_buckets=n_buckets, chunk_len=chunk, causal=True)
-            return square_sum(out)
-
-        def rotations(key: jax.Array) -> jax.Array:
-            return draw_rotations(key, heads, d_head, n_hashes, n_buckets, jnp.float32)
-
-        return jax.value_and_grad(loss, argnums=(0, 1)), 2, rotations, n_buckets
-    raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    n_inputs = 2 if kind.shared_qk else 3
+    return jax.value_and_grad(loss), n_inputs, draws, params, cfg
 
 
-def compile_step(
-    step: Callable[..., Any], specs: Sequence[jax.ShapeDtypeStruct]
-) -> tuple[Any, float, float]:
+def compile_step(step: Callable[..., Any], specs: Sequence[Any]) -> tuple[Any, float, float]:
     t0 = time.perf_counter()
     lowered = jax.jit(step).lower(*specs)
     t1 = time.perf_counter()
@@ -206,8 +304,7 @@ def available_memory_bytes() -> int | None:
 
 
 def run_config(
-    kind: str,
-    n_hashes: int | None,
+    series: Series,
     length: int,
     args: argparse.Namespace,
     previous: Result | None,
@@ -215,34 +312,32 @@ def run_config(
     """Compiles, checks the limits, and times one configuration."""
     batch = args.tokens // length
     dtype = jnp.dtype(args.dtype)
-    step, n_inputs, make_rotations, n_buckets = build_step(
-        kind,
-        length,
-        heads=args.heads,
-        d_head=args.d_head,
-        chunk=args.chunk,
-        n_hashes=n_hashes,
-        dtype=dtype,
+    step, n_inputs, draws, params, cfg = build_step(
+        series, length, heads=args.heads, d_head=args.d_head, seed=args.seed
     )
+    settings = dict(series.settings)
+    n_buckets = None
+    if series.kind == "lsh":
+        nb = lsh_n_buckets(cfg, length)
+        n_buckets = nb if isinstance(nb, int) else [int(b) for b in nb]
+    chunk_keys = ("local_chunk_len", "lsh_chunk_len", "performer_chunk_len", "sparse_block_len")
     res = Result(
-        kind=kind,
-        n_hashes=n_hashes,
+        kind=series.kind,
+        n_hashes=settings.get("lsh_n_hashes"),
         length=length,
         batch=batch,
         heads=args.heads,
         d_head=args.d_head,
-        chunk_len=None if kind == "full" else args.chunk,
+        chunk_len=next((settings[k] for k in chunk_keys if k in settings), None),
         n_buckets=n_buckets,
         dtype=dtype.name,
+        label=series.name,
+        causal=series.causal,
+        settings={k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
     )
     shape = (batch, args.heads, length, args.d_head)
-    specs = [jax.ShapeDtypeStruct(shape, dtype)] * n_inputs
-    key = jax.random.key(args.seed)
-    rotations = None
-    if make_rotations is not None:
-        rotations = make_rotations(jax.random.fold_in(key, 1))
-        specs.append(jax.ShapeDtypeStruct(rotations.shape, rotations.dtype))
-
+    inputs_spec = tuple(jax.ShapeDtypeStruct(shape, dtype) for _ in range(n_inputs))
+    specs = [inputs_spec, draws, params]
     compiled, res.lower_s, res.compile_s = compile_step(step, specs)
     mem = compiled.memory_analysis()
     if mem is not None:
@@ -275,17 +370,21 @@ def run_config(
             res.note = f"estimated {estimate:.0f} s/step > --max-seconds {args.max_seconds:g}"
             return res
 
-    inputs = [jax.random.normal(k, shape, dtype) for k in jax.random.split(key, n_inputs)]
-    if rotations is not None:
-        inputs.append(rotations)
+    key = jax.random.key(args.seed)
+    arrays = tuple(jax.random.normal(k, shape, dtype) for k in jax.random.split(key, n_inputs))
+    inputs = [arrays, draws, params]
     jax.block_until_ready(inputs)
     res.load_before = _load_average()
     try:
+        before = resource.getrusage(resource.RUSAGE_SELF)
         res.first_run_s = timed_call(compiled, inputs)
         if res.first_run_s > args.max_seconds:
+            after = resource.getrusage(resource.RUSAGE_SELF)
             res.status = "partial"
             res.note = f"warm-up {res.first_run_s:.0f} s > --max-seconds: no timed repeats"
             res.times_s = [res.first_run_s]
+            res.user_s_per_run = after.ru_utime - before.ru_utime
+            res.sys_s_per_run = after.ru_stime - before.ru_stime
         else:
             before = resource.getrusage(resource.RUSAGE_SELF)
             res.times_s = [timed_call(compiled, inputs) for _ in range(args.repeats)]
@@ -326,7 +425,7 @@ def _length_label(length: int) -> str:
 
 
 TABLE_HEADER = (
-    "kind",
+    "series",
     "hashes",
     "length",
     "batch",
@@ -345,7 +444,7 @@ def table_rows(results: Sequence[Result]) -> list[tuple[str, ...]]:
     for r in results:
         rows.append(
             (
-                r.kind,
+                r.series,
                 "-" if r.n_hashes is None else str(r.n_hashes),
                 _length_label(r.length),
                 str(r.batch),
@@ -368,12 +467,12 @@ def _table(results: Sequence[Result]) -> tuple[list[str], list[list[str]]]:
     keep = [
         i
         for i, name in enumerate(TABLE_HEADER)
-        if name in ("kind", "median s") or any(row[i] not in ("", "-") for row in rows)
+        if name in ("series", "median s") or any(row[i] not in ("", "-") for row in rows)
     ]
     return [TABLE_HEADER[i] for i in keep], [[row[i] for i in keep] for row in rows]
 
 
-_LEFT_ALIGNED = ("kind", "note")
+_LEFT_ALIGNED = ("series", "note")
 
 
 def text_table(results: Sequence[Result]) -> str:
@@ -432,7 +531,17 @@ def plot(path: Path, results: Sequence[Result], payload: dict[str, Any]) -> None
         series.setdefault(r.series, []).append(r)
     lsh_names = sorted((s for s in series if s.startswith("lsh")), key=lambda s: int(s[5:]))
     cmap = plt.get_cmap("viridis")
-    colors = {"full": "black", "local": "tab:red"}
+    colors = {
+        "full": "black",
+        "local": "tab:red",
+        "star": "tab:orange",
+        "bigbird": "tab:brown",
+        "longformer": "tab:pink",
+        "strided": "tab:olive",
+        "fixed": "tab:cyan",
+        "linformer": "tab:purple",
+        "performer": "tab:gray",
+    }
     for i, name in enumerate(lsh_names):
         colors[name] = cmap(0.15 + 0.7 * i / max(1, len(lsh_names) - 1))
 
@@ -503,16 +612,17 @@ def plot(path: Path, results: Sequence[Result], payload: dict[str, Any]) -> None
     ax_m.set_ylabel("compiled temp memory (MiB)")
     ax_m.set_title("Compiled temp memory (hollow: compiled, not run)")
     handles, labels = ax_m.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), frameon=False)
     machine = payload.get("machine", {})
     fig.suptitle(
         f"Attention fwd+bwd, {settings.get('tokens')} tokens/batch, {settings.get('heads')} heads "
-        f"x d_head {settings.get('d_head')}, chunk {settings.get('chunk')}, causal, "
+        f"x d_head {settings.get('d_head')}, chunk {settings.get('chunk')}, causal (Linformer "
+        "bidirectional), "
         f"{settings.get('dtype')} — {machine.get('cpu_model')} "
         f"({machine.get('cpus_usable')} cores), jax {machine.get('jax')}",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, dpi=110, format="png")
@@ -555,7 +665,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--d-head", type=int, default=64)
     p.add_argument("--chunk", type=int, default=128, help="chunk length of local and LSH")
     p.add_argument("--hashes", type=_int_list, default=[1, 2, 4, 8], help="LSH hash rounds")
-    p.add_argument("--kinds", default="full,local,lsh", help=f"subset of {','.join(KINDS)}")
+    p.add_argument(
+        "--block", type=int, default=64, help="BigBird's block length (its paper's default)"
+    )
+    p.add_argument(
+        "--summary",
+        type=int,
+        default=8,
+        help="fixed pattern: summary positions c per block of --chunk",
+    )
+    p.add_argument("--linformer-k", type=int, default=256, help="Linformer's projected length")
+    p.add_argument("--features", type=int, default=256, help="Performer's random features")
+    p.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help=f"subset of {','.join(KINDS)}")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=5, help="timed runs after the warm-up")
     p.add_argument(
@@ -585,7 +706,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="tiny smoke run (~15 s, mostly compiling): lengths 256,512, 2K tokens, 2 heads x 32, "
-        "chunk 64, hashes 1,2, 2 repeats",
+        "chunk 64, hashes 1,2, BigBird block 32, fixed c 4, Linformer k 32, 32 features, 2 repeats",
     )
     p.add_argument(
         "--from-json",
@@ -599,6 +720,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.lengths, args.tokens, args.heads, args.d_head = [256, 512], [2048], 2, 32
         args.chunk, args.hashes, args.repeats = 64, [1, 2], 2
+        args.block, args.summary, args.linformer_k, args.features = 32, 4, 32, 32
     if len(args.tokens) != 1:
         p.error("--tokens takes one value")
     args.tokens = args.tokens[0]
@@ -617,14 +739,92 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def configurations(args: argparse.Namespace) -> list[tuple[str, int | None]]:
-    series: list[tuple[str, int | None]] = []
-    for kind in args.kinds:
-        if kind == "lsh":
-            series.extend(("lsh", h) for h in args.hashes)
+def crossovers(
+    results: Sequence[Result], reference: str = "full", metric: str = "us_per_token"
+) -> dict[str, dict[str, Any]]:
+    """Where each series' time per token drops below ``reference``'s.
+
+    ``metric``: ``"us_per_token"`` (wall time) or ``"cpu_us_per_token"`` (process CPU time,
+    less sensitive to other processes on a shared machine).
+
+    ``{series: {"length": L or None, "how": ..., "ratios": {length: t / t_ref}}}``. ``how`` is
+    ``"below"`` (already faster at the shortest common length: the crossover is at or below it),
+    ``"interpolated"`` (the ratio crosses 1 between two measured lengths; log-log
+    interpolation), ``"extrapolated"`` (faster only where the reference was not run: its time
+    per token taken as proportional to length beyond its longest run, which is what quadratic
+    attention does with tokens per batch fixed), or ``"never"`` (slower at every length).
+    """
+    import math
+
+    def timed(name: str) -> dict[int, float]:
+        values = ((r.length, getattr(r, metric)) for r in results if r.series == name)
+        return {length: value for length, value in values if value is not None}
+
+    ref = timed(reference)
+    out: dict[str, dict[str, Any]] = {}
+    if not ref:
+        return out
+    last = max(ref)
+    names = dict.fromkeys(r.series for r in results if r.series != reference)
+    for name in names:
+        own = timed(name)
+        ratios = {}
+        for length in sorted(own):
+            base = ref.get(length)
+            how = "measured"
+            if base is None and length > last:
+                base, how = ref[last] * length / last, "extrapolated"
+            if base is not None:
+                ratios[length] = (own[length] / base, how)
+        entry: dict[str, Any] = {
+            "length": None,
+            "how": "never",
+            "ratios": {str(n): round(r, 4) for n, (r, _) in ratios.items()},
+            "ratio_basis": {str(n): h for n, (_, h) in ratios.items()},
+        }
+        lengths = sorted(ratios)
+        for i, n in enumerate(lengths):
+            ratio, how = ratios[n]
+            if ratio >= 1:
+                continue
+            if i == 0:
+                entry.update(length=n, how="below" if how == "measured" else how)
+            else:
+                n0 = lengths[i - 1]
+                r0 = ratios[n0][0]
+                t = math.log(r0) / (math.log(r0) - math.log(ratio))
+                crossing = n0 * (n / n0) ** t
+                entry.update(
+                    length=int(round(crossing)),
+                    how="extrapolated" if how == "extrapolated" else "interpolated",
+                )
+            break
+        out[name] = entry
+    return out
+
+
+def crossover_table(results: Sequence[Result], metric: str = "us_per_token") -> str:
+    """Markdown: each series' crossover against full attention and its time ratios."""
+    cross = crossovers(results, metric=metric)
+    lengths = sorted({r.length for r in results})
+    header = ["series", "crossover vs full", *(_length_label(n) for n in lengths)]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * len(lengths)]
+    for name, entry in cross.items():
+        if entry["length"] is None:
+            where = "not within the sweep"
+        elif entry["how"] == "below":
+            where = f"<= {_length_label(entry['length'])}"
         else:
-            series.append((kind, None))
-    return series
+            where = f"~{entry['length']:,} ({entry['how']})"
+        cells = []
+        for n in lengths:
+            ratio = entry["ratios"].get(str(n))
+            basis = entry["ratio_basis"].get(str(n))
+            cells.append(
+                "-" if ratio is None else f"{ratio:.2f}" + ("*" if basis == "extrapolated" else "")
+            )
+        lines.append("| " + " | ".join([name, where, *cells]) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -633,6 +833,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_json is not None:
         payload, results = read_json(args.from_json)
         print(markdown_table(results) if args.markdown else text_table(results))
+        for metric in ("us_per_token", "cpu_us_per_token"):
+            print(f"\ncrossover against full attention ({metric}):")
+            print(crossover_table(results, metric))
         if not args.no_plot:
             png = args.from_json.with_suffix(".png")
             plot(png, results, payload)
@@ -661,10 +864,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results: list[Result] = []
     start = time.perf_counter()
-    for kind, n_hashes in configurations(args):
+    for series in series_table(args):
         previous: Result | None = None
         for length in sorted(args.lengths):
-            res = run_config(kind, n_hashes, length, args, previous)
+            res = run_config(series, length, args, previous)
             results.append(res)
             if res.median_s is not None:
                 previous = res
@@ -676,9 +879,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
             payload["elapsed_s"] = round(time.perf_counter() - start, 1)
+            payload["crossovers"] = crossovers(results)
+            payload["crossovers_cpu"] = crossovers(results, metric="cpu_us_per_token")
             write_json(args.out, payload, results)
     print()
     print(markdown_table(results) if args.markdown else text_table(results))
+    for metric in ("us_per_token", "cpu_us_per_token"):
+        print(f"\ncrossover against full attention ({metric}):")
+        print(crossover_table(results, metric))
     print(f"\nwrote {args.out}", file=sys.stderr)
     if not args.no_plot:
         png = args.out.with_suffix(".png")

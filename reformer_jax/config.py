@@ -47,7 +47,8 @@ class ReformerConfig:
     lsh_chunks_before: int = 1
     lsh_chunks_after: int = 0
     lsh_attend_across_buckets: bool = True
-    # Fixed rotations (seeded per layer) instead of fresh ones per call: evaluation, tests, HF.
+    # Fixed random draws (seeded per layer) instead of fresh ones per training step: LSH
+    # rotations and Performer features (evaluation, tests, HF).
     hash_seed: int | None = None
     # Below this length LSH layers use exact shared-QK attention (LSH only pays off when long).
     full_attention_below: int = 0

@@ -12,7 +12,7 @@ from reformer_jax.config import ReformerConfig
         (dict(axial_dims=(100, 100)), "axial_dims"),
         (dict(axial_shape=(8, 8, 2)), "axial_dims"),
         (dict(n_layers=3, attention_pattern=("lsh", "local")), "n_layers"),
-        (dict(attention_pattern=("lsh", "dense")), "attention_pattern"),
+        (dict(attention_pattern=("lsh", "diagonal")), "attention_pattern"),  # no such kind
         (dict(attention_pattern=()), "attention_pattern"),
         (dict(hidden_dropout=1.0), "hidden_dropout"),
         (dict(ff_activation="swish"), "ff_activation"),

@@ -27,6 +27,7 @@ ENTRY_POINTS = [
         ["-m", f"bench.{name}", "--help"]
         for name in (
             "ablations",
+            "approximation",
             "attention",
             "duplication_table",
             "generate",

@@ -30,6 +30,7 @@ NAMES = sorted(p.stem for p in NOTEBOOKS.glob("*.py"))
 
 # Small sizes for the execution tests (the notebooks' own defaults make nicer figures).
 SMALL = {
+    "attention_families": dict(LENGTH=32, BLOCK=4, D_HEAD=8, N_FEATURES=16, LINFORMER_K=4),
     "lsh_attention": dict(
         N_POINTS_2D=200,
         N_ANGLE_ROUNDS=64,

@@ -38,7 +38,6 @@ from reformer_jax.kernels.sparse import (
 )
 
 __all__ = [
-    "PerformerState",
     "KeyPositions",
     "PerformerState",
     "SparsePattern",

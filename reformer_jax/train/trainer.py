@@ -195,7 +195,7 @@ def make_task_train_step(task: Task, graphdef, tx, accum: int, seed: int):
 
         def body(acc, xs):
             mb, mc, i = xs
-            # Dropout differs per micro-batch; LSH rotations are the step's, as without
+            # Dropout differs per micro-batch; random draws are the step's, as without
             # accumulation.
             (_, (sums, mc)), g = grad_fn(params, mb, mc, jax.random.fold_in(key, i), hash_key)
             acc_g, acc_sums = acc
@@ -218,7 +218,7 @@ def make_task_train_step(task: Task, graphdef, tx, accum: int, seed: int):
         key = jax.random.fold_in(jax.random.key(seed), step)
         hash_key = None
         if getattr(task.model_cfg, "hash_seed", None) is None:
-            hash_key = jax.random.fold_in(key, 2**31 - 3)  # fresh rotations every step
+            hash_key = jax.random.fold_in(key, 2**31 - 3)  # fresh rotations / features every step
         if accum == 1:
             (_, (sums, carry)), grads = grad_fn(params, batch, carry, key, hash_key)
         else:

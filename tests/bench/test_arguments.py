@@ -9,6 +9,7 @@ import pytest
     ("module", "argv"),
     [
         ("ablations", []),
+        ("approximation", []),
         ("attention", []),
         ("duplication_table", []),
         ("memory_scaling", ["depth"]),

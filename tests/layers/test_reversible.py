@@ -246,19 +246,19 @@ def test_float32_reversible_gradients_equal_autodiff(float32_autodiff_grads):
 
 @pytest.mark.slow
 def test_float32_case_where_re_hashing_moves_buckets_exists(float32_autodiff_grads, monkeypatch):
-    """Shows that the previous test can fail: re-hashing in the backward (``buckets=None`` for
+    """Shows that the previous test can fail: re-hashing in the backward (``replay=None`` for
     every LSH call, so the backward hashes the reconstructed inputs) changes the gradients by
     far more than FLOAT32_TOL in this case. If this test failed, the float32 comparison above
     would no longer be able to detect a backward that ignores the forward's bucket ids."""
-    from reformer_jax.layers import attention
+    from reformer_jax.layers.kinds.lsh import LSH
 
-    original = attention.attend
+    original = LSH.attend
 
-    def re_hashing(*args, **kwargs):
-        kwargs["buckets"] = None
-        return original(*args, **kwargs)
+    def re_hashing(self, *args, **kwargs):
+        kwargs["replay"] = None
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(attention, "attend", re_hashing)
+    monkeypatch.setattr(LSH, "attend", re_hashing)
     cfg, tokens, model = _float32_case()
     grads = loss_and_grads(model(cfg), tokens, jax.random.key(3))[1]
     assert _relative_error(grads, float32_autodiff_grads) > 10 * FLOAT32_TOL

@@ -68,6 +68,7 @@ def test_text_config_learns_in_a_few_hundred_steps(tmp_path, name):
     assert model.cfg.attention_pattern == tuple(config.model.attention_pattern)
 
 
+@pytest.mark.slow
 def test_eight_device_mesh_matches_one_device_with_the_families(tmp_path):
     """Catches sharding rules that break a family (Linformer's replicated projections, the
     model-level shared matrix, per-head Performer features) or draws that differ across
@@ -92,3 +93,26 @@ def test_eight_device_mesh_matches_one_device_with_the_families(tmp_path):
     train_and_evaluate(config, tmp_path / "eight")
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
     np.testing.assert_allclose([b[s] for s in (1, 2)], [a[s] for s in (1, 2)], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bidirectional_families_classify_through_the_encoder(tmp_path):
+    """Catches a bidirectional family that cannot serve as a classification encoder (Linformer's
+    projections, a non-causal sparse pattern, non-causal Performer features): the tiny
+    classification config with its layers replaced by the three families beats chance."""
+    from configs import classify_tiny
+
+    config = classify_tiny.get_config()
+    config.model.update(
+        attention_pattern=["linformer", "sparse", "performer"],
+        n_layers=3,
+        linformer_k=8,
+        linformer_sharing="layer",
+        sparse_pattern="longformer",
+        sparse_window=4,
+        sparse_block_len=8,
+        performer_n_features=16,
+    )
+    config.num_steps = 60
+    result = train_and_evaluate(config, tmp_path / "run")
+    assert result.best["accuracy"] > 0.75 and result.test_metrics["accuracy"] > 0.75
