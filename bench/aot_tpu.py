@@ -346,7 +346,7 @@ def _does_not_fit(name, message, memory, hbm, args, fsdp) -> str:
 
 
 def _decode_programs(model_cfg, mesh, batch: int, prompt_len: int, max_length: int):
-    """Lowered prefill and decode step of ``reformer_jax.generate`` with sharded abstract
+    """Lowered prefill and decode step of ``reformer_jax.decoding`` with sharded abstract
     inputs: ``[(name, lowered, args)]``."""
     import jax
     import jax.numpy as jnp
@@ -354,7 +354,7 @@ def _decode_programs(model_cfg, mesh, batch: int, prompt_len: int, max_length: i
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from reformer_jax import generate as gen
+    from reformer_jax.decoding import loop as gen
     from reformer_jax.model import ReformerLM
     from reformer_jax.train import sharding as shd
 
@@ -366,17 +366,16 @@ def _decode_programs(model_cfg, mesh, batch: int, prompt_len: int, max_length: i
     )
     rows = NamedSharding(mesh, P(shd.BATCH_AXES))
     spec = gen.decode_spec(model_cfg, max_length)
-    rotations = jax.eval_shape(
-        lambda: gen._rotations(model_cfg, spec, gen._default_hash_rng(model_cfg))
-    )
-    rotations = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shd.replicated(mesh)), rotations
+    # The layers' random draws (LSH rotations, Performer features), replicated.
+    draws = jax.eval_shape(lambda: gen._draws(abstract, spec, None))
+    draws = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shd.replicated(mesh)), draws
     )
     prompts = jax.ShapeDtypeStruct(
         (batch, prompt_len), jnp.int32, sharding=NamedSharding(mesh, P(shd.BATCH_AXES, None))
     )
     lengths = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=rows)
-    prefill_args = (state, prompts, lengths, rotations)
+    prefill_args = (state, prompts, lengths, draws)
     prefill = gen._prefill_jit.lower(
         graphdef, *prefill_args, spec=spec, all_logits=False
     )  # the jitted core of ``prefill``
@@ -386,7 +385,7 @@ def _decode_programs(model_cfg, mesh, batch: int, prompt_len: int, max_length: i
     )
 
     def place(path, leaf):
-        batch_first = "rotations" not in jax.tree_util.keystr(path) and leaf.shape[:1] == (batch,)
+        batch_first = "draws" not in jax.tree_util.keystr(path) and leaf.shape[:1] == (batch,)
         spec_ = P(shd.BATCH_AXES, *[None] * (leaf.ndim - 1)) if batch_first else P()
         return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=NamedSharding(mesh, spec_))
 

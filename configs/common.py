@@ -18,6 +18,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.schedule = "rsqrt"  # Trax: linear warm-up then 1/sqrt(step); "constant", "cosine"
     config.warmup_steps = 1000
     config.adam_b1, config.adam_b2, config.adam_eps = 0.9, 0.98, 1e-9  # Trax's enwik8 values
+    # Decoupled decay, multiplied by the learning-rate schedule for adam and adafactor alike
+    # (AdamW's convention): each step subtracts lr(step) * weight_decay * param.
     config.weight_decay = 0.0
     config.grad_clip = 0.0  # global-norm clipping; 0 disables
     config.grad_accum_steps = 1  # micro-batches per step (batch_size must divide)

@@ -8,6 +8,7 @@ transformers in a separate environment; these tests need neither.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import sys
 
@@ -25,8 +26,13 @@ FIXTURES = sorted(p for p in FIXTURE_ROOT.glob("hf_model_*") if p.is_dir())
 ATOL = RTOL = 1e-5
 # HF in float32 under-normalises causal LSH queries that can only see themselves (about
 # 0.997 * v, see tests/fixtures/README.md); the fixtures' reference logits come from HF run in
-# float64, and float32 HF stays within this of them.
-FLOAT32_HF_TOL = 1e-2
+# float64, which we match at 1e-5, and float32 HF stays within FLOAT32_HF_TOL of them. Derived:
+# the artefact scales those attention outputs by exp(e), |e| <= 2**-7 (two logsumexps rounded
+# where float32 spacing is 2**-7; see HF_SELF_ONLY_TOL in tests/kernels/test_hf_reference.py),
+# a relative error of at most expm1(2**-7) = 7.9e-3, which these small, normalised models carry
+# to the logits without gain (measured: 4.6e-3 absolute, 3.0e-3 relative to 1 + |logit|;
+# 1.2e-6 for the models without LSH).
+FLOAT32_HF_TOL = math.expm1(2**-7)
 
 
 def _fixture(name: str) -> pathlib.Path:

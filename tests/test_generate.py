@@ -214,7 +214,15 @@ def test_trained_lsh_model_cached_loss_close_to_forward_loss():
     cached_loss = float(lm_loss(cached, held_out)[0])
     print(f"held-out loss: forward {forward_loss:.4f}, cached {cached_loss:.4f}")
     assert forward_loss < np.log(cfg.vocab_size - 1) - 0.3, "the model did not learn"
-    assert abs(cached_loss - forward_loss) < 0.1, (cached_loss, forward_loss)
+    # Not a precision bound: the cached decoder reads LSH as a bucket cache of recent positions
+    # per round, the forward pass as sorted chunks with look-back, so the two attend to slightly
+    # different neighbourhoods (measured gap 0.036 nats). What the model learned over chance,
+    # log(16) - forward (0.47 here), is what a cache that loses context gives back; allow 15%
+    # of it (0.071), twice the measured gap. Subtler cache bugs (a table storing t - 1 instead
+    # of t moves this loss by only 0.05) are caught exactly, at 1e-5, by the two tests above
+    # that compare cached and parallel logits.
+    learned = np.log(cfg.vocab_size - 1) - forward_loss
+    assert abs(cached_loss - forward_loss) < 0.15 * learned, (cached_loss, forward_loss)
 
 
 # ------------------------------------------------------------------------------------------------

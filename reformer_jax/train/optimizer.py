@@ -49,16 +49,29 @@ def make_optimizer(
     weight_decay: float = 0.0,
     grad_clip: float = 0.0,
 ) -> optax.GradientTransformation:
-    """Adam (the Trax enwik8 config: 0.9 / 0.98 / 1e-9) or Adafactor (the paper)."""
+    """Adam (the Trax enwik8 config: 0.9 / 0.98 / 1e-9) or Adafactor (the paper).
+
+    ``weight_decay`` is decoupled decay multiplied by the learning-rate schedule for both
+    optimizers (AdamW's convention): each update subtracts ``schedule(t) * weight_decay * param``
+    on top of the optimizer's own step. optax's Adafactor would subtract
+    ``weight_decay * param`` unscaled (shrinking parameters even at lr = 0 during warm-up), so
+    its decay rate is given here as the schedule times ``weight_decay``.
+    """
     chain = []
     if grad_clip > 0:
         chain.append(optax.clip_by_global_norm(grad_clip))
     if name == "adam":
         chain.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
     elif name == "adafactor":
+
+        def decay_rate(count):
+            return weight_decay * schedule(count)
+
         chain.append(
             optax.adafactor(
-                schedule, multiply_by_parameter_scale=False, weight_decay_rate=weight_decay or None
+                schedule,
+                multiply_by_parameter_scale=False,
+                weight_decay_rate=decay_rate if weight_decay else None,
             )
         )
     else:

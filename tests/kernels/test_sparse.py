@@ -209,6 +209,9 @@ def test_bigbird_random_plan_is_static_per_seed_different_per_head_and_over_the_
     assert all(len(set(r)) == 3 for r in rand.reshape(-1, 3))  # distinct
     # Drawn over the whole length: far beyond the first 1,024 tokens (64 blocks of 16).
     assert set(np.unique(rand)) == set(range(1, nb - 1))
+    # Uniform draws over blocks 1..99 put 36/99 = 0.36 of them at block >= 64; over 4 * 99 * 3 =
+    # 1188 draws the binomial standard deviation is 0.014, so 0.25 is ~8 sigma below the mean,
+    # while a draw confined to the first 64 blocks (the bug) gives 0.
     assert np.mean(rand >= 64) > 0.25
 
 

@@ -33,3 +33,26 @@ def test_optimizers_reduce_a_quadratic(name):
         updates, state = tx.update(grads, state, params)
         params = optax.apply_updates(params, updates)
     assert float(jnp.abs(params["w"]).max()) < 3.0 * 0.5
+
+
+@pytest.mark.parametrize("name", ["adam", "adafactor"])
+def test_weight_decay_is_decoupled_and_multiplied_by_the_learning_rate(name):
+    """``config.weight_decay`` means the same for both optimizers: with a zero gradient (both
+    optimizers' own step is then exactly 0) each update is ``-lr(t) * weight_decay * param``,
+    written here in NumPy. Catches Adafactor's unscaled decay (optax's ``weight_decay_rate``
+    subtracts ``weight_decay * param`` even at lr = 0 during warm-up), decay applied twice, or
+    decay read from the schedule one step off."""
+    base, warmup, weight_decay = 0.1, 2, 0.3
+    tx = make_optimizer(
+        name, make_schedule("constant", base, warmup, 10), weight_decay=weight_decay
+    )
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+    expected = np.asarray(params["w"], np.float64)
+    state = tx.init(params)
+    for step in range(4):
+        updates, state = tx.update({"w": jnp.zeros((4, 3))}, state, params)
+        params = optax.apply_updates(params, updates)
+        expected = expected * (1 - base * min(1.0, step / warmup) * weight_decay)
+        # float32: a handful of roundings of numbers of order 1 per step, eps = 1.2e-7.
+        np.testing.assert_allclose(np.asarray(params["w"]), expected, rtol=1e-6)

@@ -102,6 +102,8 @@ def test_training_lowers_the_loss_on_a_learnable_text(tmp_path):
     losses = _losses(tmp_path / "run")
     initial = losses[1]  # the loss of step 1 is that of the initial parameters
     assert initial > 5.0
+    # 0.6 * ln 256 = 3.3 nats: above the unigram entropy (2.9) a learning model passes within
+    # a few dozen steps, far below what a non-learning loop stays at (~5.5).
     assert losses[30] < 0.6 * initial, (initial, losses[30])
     assert result.eval_metrics["loss"] < 0.6 * initial, (initial, result.eval_metrics)
 
