@@ -32,6 +32,7 @@ ENTRY_POINTS = [
             "duplication_table",
             "generate",
             "lra",
+            "memory",
             "memory_scaling",
             "model_memory",
             "peers",
