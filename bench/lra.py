@@ -1365,6 +1365,9 @@ def run_harness(
         if previous.get("notes"):
             results["notes"] = previous["notes"]
     records = results.setdefault("families", {})
+    # Kinds that cannot run in a bidirectional encoder (e.g. causal-only ones) get "not run" rows
+    # that say why, instead of stopping the run.
+    unusable: dict[str, str] = {}
     for family in families:
         model = dict(
             _encoder_settings(preset, None),
@@ -1372,7 +1375,11 @@ def run_harness(
             causal=False,
             pos_embedding="learned",
         )
-        own = family_settings(family, ReformerConfig.from_dict(model))
+        try:
+            own = family_settings(family, ReformerConfig.from_dict(model))
+        except ValueError as error:
+            unusable[family] = f"not usable in a bidirectional encoder: {error}"
+            own = {}
         records[family] = {"lra_model": lra_model_for(family, own), "settings": own}
 
     def save() -> None:
@@ -1394,6 +1401,9 @@ def run_harness(
             log(f"[lra] preparing {task}")
             _, missing = prepare_task(preset, task, data_dir)
             for family in families:
+                if family in unusable:
+                    add_accuracy(results, family, task, status="not run", note=unusable[family])
+                    continue
                 if missing is not None:
                     add_accuracy(results, family, task, status="data not present", note=missing)
                     continue
@@ -1419,6 +1429,9 @@ def run_harness(
                 if resume and any(
                     r["family"] == family and r["length"] == length for r in results["speed"]
                 ):
+                    continue
+                if family in unusable:
+                    add_speed(results, family, length, status="not run", note=unusable[family])
                     continue
                 log(f"[lra] speed {family} at {length}")
                 try:

@@ -175,3 +175,24 @@ def test_merge_keeps_every_part_and_refuses_other_presets():
     c = lra.new_results({}, {"preset": "lra", "seed": 0})
     with pytest.raises(ValueError, match="settings.preset"):
         lra.merge_results([a, c])
+
+
+def test_a_kind_that_cannot_encode_gets_not_run_rows(monkeypatch, tmp_path):
+    """Catches: a causal-only kind (its config refuses causal=False) crashing the whole harness
+    instead of getting rows that say why."""
+
+    @dataclasses.dataclass(frozen=True)
+    class _CausalOnly(Full):
+        name: ClassVar[str] = "causalonly"
+
+        def validate(self, cfg, used, fail):
+            if used and not cfg.causal:
+                fail("causal", "causalonly layers are causal", "set model.causal=True")
+
+    monkeypatch.setattr(attention, "KINDS", {"causalonly": _CausalOnly()})
+    results = lra.run_harness(
+        _toy_preset(), tmp_path / "r.json", data_dir=tmp_path, log=lambda _: None
+    )
+    assert {r["status"] for r in results["accuracy"]} == {"not run"}
+    assert len(results["accuracy"]) == len(lra.TASKS) and len(results["speed"]) == 2
+    assert all("model.causal" in r["note"] for r in results["speed"])
