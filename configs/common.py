@@ -1,6 +1,7 @@
 """Training settings shared by every config (each config overrides what it needs)."""
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,6 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_every = 1000
     config.eval_batches = 8  # 0: one whole pass over the (finite) evaluation split
     config.eval_batch_size = 0  # 0: batch_size
+    # lm_memory task: evaluation memory length (None: the training mem_len; 0: none).
+    config.eval_mem_len = config_dict.placeholder(int)
     config.checkpoint_every = 1000
     config.keep_checkpoints = 3
     config.eval_hashes = []  # e.g. [1, 2, 4, 8]: print the hash-count table at the end

@@ -330,7 +330,7 @@ def load_model_from_workdir(
             "model export written by save_model or the converter use load_model instead"
         )
     task = record["train"].get("task", "lm")
-    if task != "lm":
+    if task not in ("lm", "lm_memory"):  # both train a ReformerLM
         raise ValueError(
             f"{workdir} trained the {task!r} task; load_model_from_workdir loads language models "
             "only (restore a classifier with reformer_jax.train.tasks and TrainCheckpointer)"

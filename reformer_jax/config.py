@@ -59,6 +59,17 @@ class ReformerConfig:
     local_chunks_after: int = 0
     local_wrap_around: bool = False  # True reproduces the Trax / HF neighbour lookup.
 
+    # Segment recurrence (Transformer-XL, the "relative" kind; docs/memory.md). Each layer keeps
+    # the last mem_len states of its attention-branch input (stop-gradient) and attends over
+    # [compressed memory; memory; segment]. 0: no memory.
+    mem_len: int = 0
+    # Compressive Transformer: states evicted from the memory are compressed by cmem_rate
+    # ("conv": learned 1-D convolution, kernel = stride = rate; "mean" / "max" pooling) into a
+    # second memory of cmem_len states. 0: evicted states are dropped (Transformer-XL).
+    cmem_len: int = 0
+    cmem_rate: int = 3
+    cmem_method: str = "conv"
+
     # Sparse-pattern attention: "star", "bigbird", "longformer", "strided" or "fixed" (Sparse
     # Transformer). sparse_block_len: BigBird's block, the stride (strided), the block (fixed);
     # for star / longformer only the kernel's block size (cost, not result).
@@ -99,6 +110,7 @@ class ReformerConfig:
     lsh_dropout: float = 0.0  # attention probabilities, per kind
     local_dropout: float = 0.0
     full_dropout: float = 0.0
+    relative_dropout: float = 0.0
     ff_dropout: float = 0.0  # inside the feed-forward, after the first dense layer
 
     ff_activation: str = "relu"
@@ -257,6 +269,7 @@ class ReformerConfig:
             "lsh_dropout",
             "local_dropout",
             "full_dropout",
+            "relative_dropout",
             "sparse_dropout",
             "linformer_dropout",
             "ff_dropout",
@@ -272,11 +285,62 @@ class ReformerConfig:
                 f"unknown residual architecture {self.residual!r}",
                 'use "reversible" (the Reformer, the default) or "standard" (pre-LN Transformer)',
             )
+        self._validate_memory(fail)
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 fail(name, f"unknown {getattr(self, name)!r}", f"use one of {list(DTYPES)}")
         if self.ln_eps <= 0:
             fail("ln_eps", f"must be > 0, got {self.ln_eps}", "use e.g. 1e-6")
+
+    @property
+    def has_memory(self) -> bool:
+        """Whether the layers carry a memory across segments (``mem_len`` or ``cmem_len``)."""
+        return self.mem_len > 0 or self.cmem_len > 0
+
+    def _validate_memory(self, fail) -> None:
+        for name in ("mem_len", "cmem_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                fail(name, f"must be an integer >= 0, got {value!r}", "set it to 0 or more")
+        if not isinstance(self.cmem_rate, int) or self.cmem_rate < 1:
+            fail("cmem_rate", f"must be a positive integer, got {self.cmem_rate!r}", "use e.g. 3")
+        from reformer_jax.kernels.compressive import COMPRESSIONS
+
+        if self.cmem_method not in COMPRESSIONS:
+            fail(
+                "cmem_method",
+                f"unknown compression {self.cmem_method!r}",
+                f"use one of {list(COMPRESSIONS)}",
+            )
+        if not self.has_memory:
+            return
+        if self.cmem_len and not self.mem_len:
+            fail(
+                "cmem_len",
+                "a compressed memory holds states evicted from the memory, but mem_len is 0",
+                "set model.mem_len > 0 or model.cmem_len = 0",
+            )
+        if set(self.attention_pattern) != {"relative"}:
+            fail(
+                "attention_pattern",
+                f"{list(self.attention_pattern)} cannot attend to a memory (mem_len > 0): only "
+                "the relative kind positions memory states by their distance",
+                'use attention_pattern=["relative"] or set model.mem_len = model.cmem_len = 0',
+            )
+        if self.residual != "standard":
+            fail(
+                "residual",
+                "the reversible stack cannot carry a memory (every layer's input must be stored "
+                "for the next segment anyway, so reversibility saves nothing for those states)",
+                'set model.residual="standard"',
+            )
+        if self.pos_embedding != "none":
+            fail(
+                "pos_embedding",
+                f"{self.pos_embedding!r} absolute positions restart at every segment, so the "
+                "memory's states would disagree with the segment's about where they are",
+                'set model.pos_embedding="none" (the relative kind encodes distances)',
+            )
 
     def check_length(self, length: int) -> None:
         """Raises if ``length`` exceeds the positional capacity."""

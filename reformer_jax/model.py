@@ -15,6 +15,7 @@ from flax import nnx
 
 from reformer_jax.config import ReformerConfig
 from reformer_jax.kernels.masking import dropout
+from reformer_jax.layers import memory as memory_lib
 from reformer_jax.layers.attention import SelfAttention, kinds_of
 from reformer_jax.layers.embeddings import PositionalEmbedding
 from reformer_jax.layers.feedforward import FeedForward
@@ -229,6 +230,108 @@ class ReformerLM(nnx.Module):
                 y1, y2, _ = stack_forward(attn_fns, ff_fns, params, x, x, ctx, stacked_draws)
             h = self.final_norm(jnp.concatenate([y1, y2], axis=-1))
         return h
+
+    def with_memory(
+        self,
+        tokens_BL: jax.Array,
+        memory: Mapping[str, jax.Array],
+        *,
+        mask: jax.Array | None = None,
+        dropout_rng: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array]:
+        """One segment with the memory of the earlier ones (Transformer-XL; docs/memory.md).
+
+        ``memory`` as built by :func:`reformer_jax.layers.memory.init_memory` (its lengths may
+        differ from the config's, e.g. a longer evaluation memory). Returns ``(logits [B, L,
+        vocab], the next memory, the attention-reconstruction loss)`` (the loss is 0 without a
+        compressed memory; it reaches only the compressors' parameters). ``mask`` ``[B, L]``
+        marks real tokens; padded positions still enter the memory (only the tail of a stream
+        is padded).
+        """
+        cfg = self.cfg
+        if not cfg.has_memory:
+            raise ValueError(
+                "model.mem_len: this model has no memory (mem_len = 0); set model.mem_len > 0 "
+                "(with attention_pattern=['relative']) or call the model without one"
+            )
+        batch, length = tokens_BL.shape
+        memory_lib.check_segment(cfg, memory, length)
+        x = self.embed(tokens_BL)
+        if dropout_rng is not None and cfg.hidden_dropout > 0:
+            x = dropout(x, cfg.hidden_dropout, jax.random.fold_in(dropout_rng, _EMBED_STREAM))
+        x = x.astype(cfg.compute_dtype)
+        seg_valid = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
+        valid = memory_lib.validity(memory, seg_valid, cfg.cmem_rate)
+        compressed_memory = "cmem" in memory
+
+        attn_graphs, ff_graphs, params = [], [], []
+        for block in self.blocks:
+            attn_graph, attn_state = nnx.split(block.attention)
+            ff_graph, ff_state = nnx.split(block.feedforward)
+            attn_graphs.append(attn_graph)
+            ff_graphs.append(ff_graph)
+            params.append((attn_state, ff_state))
+
+        def attn_fn(p):
+            def fn(prm, x, ctx, layer, layer_memory):
+                mask, drop_key = ctx
+                attention = nnx.merge(attn_graphs[p], prm)
+                key = None
+                if drop_key is not None:
+                    key = jax.random.fold_in(jax.random.fold_in(drop_key, layer), _ATTN_STREAM)
+                out, _ = attention(
+                    x,
+                    mask=mask,
+                    dropout_key=key,
+                    memory_BMD=memory_lib.layer_context(layer_memory),
+                    memory_mask=valid["context"],
+                )
+                compressor = attention.extra_params() or {}
+                new_memory, compressed = memory_lib.next_layer_memory(
+                    cfg, layer_memory, x, compressor
+                )
+                recon = jnp.zeros((), jnp.float32)
+                if compressed_memory:
+                    frozen = nnx.merge(attn_graphs[p], jax.tree.map(jax.lax.stop_gradient, prm))
+                    _, evicted = memory_lib.shift(layer_memory["mem"], x)
+                    recon = memory_lib.reconstruction_loss(
+                        frozen, x, evicted, compressed, valid["evicted_rows"]
+                    )
+                return out, new_memory, recon
+
+            return fn
+
+        def ff_fn(p):
+            def fn(prm, x, ctx, layer):
+                _, drop_key = ctx
+                feedforward = nnx.merge(ff_graphs[p], prm)
+                key = None
+                if drop_key is not None:
+                    key = jax.random.fold_in(jax.random.fold_in(drop_key, layer), _FF_STREAM)
+                return feedforward(x, dropout_key=key)
+
+            return fn
+
+        n = len(self.blocks)
+        per_pattern = memory_lib.by_pattern(memory, cfg.n_groups, n)
+        y, new_per_pattern, recons = memory_lib.memory_stack(
+            [attn_fn(p) for p in range(n)],
+            [ff_fn(p) for p in range(n)],
+            tuple(params),
+            x,
+            (mask, dropout_rng),
+            per_pattern,
+        )
+        h = self.final_norm(y)
+        if dropout_rng is not None and cfg.hidden_dropout > 0:
+            h = dropout(h, cfg.hidden_dropout, jax.random.fold_in(dropout_rng, _HEAD_STREAM))
+        logits = self.head(h).astype(jnp.promote_types(cfg.compute_dtype, jnp.float32))
+        new_memory = memory_lib.from_pattern(new_per_pattern)
+        new_memory["mem_valid"] = valid["mem_valid"]
+        if compressed_memory:
+            new_memory["cmem_valid"] = valid["cmem_valid"]
+        recon = jnp.mean(jnp.stack([jnp.mean(r) for r in recons]))
+        return logits, new_memory, recon
 
     def shared_values(self, kind) -> dict[str, jax.Array]:
         """Values of ``kind``'s model-level parameters (``kind.shared_params``), or ``{}``."""

@@ -36,6 +36,7 @@ ENTRY_POINTS = [
             "generate",
             "lra",
             "machine",
+            "memory",
             "memory_scaling",
             "model_memory",
             "peers",

@@ -14,9 +14,10 @@ Classification sources (``config.task = "classification"``) yield
 train, validation (= eval), test:
 
 * ``contains_token``: `synthetic_classes.ContainsToken`, "does the document contain token 1"
-  (tests and smoke runs).
+  (tests and smoke runs); splits train, validation (= eval), test.
 
-The Long Range Arena sources (common batching in `examples.ExampleSource`):
+Long Range Arena classification sources (they yield `classification.ClassificationBatch`; common
+batching in `examples.ExampleSource`; splits train, validation (= eval), test):
 
 * ``listops``: `listops.ListOps`, LRA's ListOps (seeded generator writing / reading LRA's TSVs).
 * ``pathfinder`` / ``pathx``: `pathfinder.Pathfinder` / `pathfinder.PathX`, 32x32 / 128x128

@@ -63,11 +63,16 @@ class Batch:
       targets: ``[B, L]`` int32 tokens to predict (equal to ``inputs``; the loss shifts, see the
         module docstring).
       weights: ``[B, L]`` float32 loss mask: ``weights[:, t] == 1`` where token ``t`` is scored.
+      reset: ``[B]`` bool or None. Only sources that read contiguous streams (``order="streams"``)
+        set it: True where the row starts its stream afresh (its first segment, or the first
+        after wrapping around), so state carried from the previous step (a Transformer-XL
+        memory) must be dropped for that row.
     """
 
     inputs: np.ndarray
     targets: np.ndarray
     weights: np.ndarray
+    reset: np.ndarray | None = None
 
     def __post_init__(self):
         for name, want in (("inputs", np.int32), ("targets", np.int32), ("weights", np.float32)):
@@ -82,6 +87,16 @@ class Batch:
             raise ValueError(
                 "Batch arrays must have equal shapes, got inputs "
                 f"{self.inputs.shape}, targets {self.targets.shape}, weights {self.weights.shape}"
+            )
+        if self.reset is not None and (
+            not isinstance(self.reset, np.ndarray)
+            or self.reset.dtype != np.bool_
+            or self.reset.shape != self.inputs.shape[:1]
+        ):
+            raise TypeError(
+                f"Batch.reset must be a numpy bool array of shape {self.inputs.shape[:1]}, got "
+                f"{getattr(self.reset, 'dtype', type(self.reset))} "
+                f"{getattr(self.reset, 'shape', None)}"
             )
 
 
@@ -252,11 +267,26 @@ class ByteWindowSource(SourceBase):
       the last window is padded with ``pad_id`` (weight 0) to ``seq_len``; window ``k`` is row
       ``k % global_batch_size`` of batch ``k // global_batch_size``.
 
+    With ``order = "streams"`` (segment recurrence, Transformer-XL) every split is instead cut
+    into ``global_batch_size`` contiguous streams of ``n // global_batch_size`` bytes (the last
+    ``n % global_batch_size`` bytes are dropped) and row ``b`` of step ``s`` is segment ``s`` of
+    stream ``b``, so consecutive steps see consecutive text in every row:
+
+    * ``"train"``: an epoch is the ``stream_len // seq_len`` whole segments of each stream; step
+      ``s`` reads segment ``s mod`` that count (the streams wrap around), and ``Batch.reset`` is
+      True at the first segment of each epoch.
+    * other splits: one pass of ``ceil(stream_len / seq_len)`` steps, the last segment of every
+      stream padded (weight 0); ``reset`` is True at step 0 only.
+
+    Token 0 of a segment has no in-row context and, as everywhere, weight 0 (it is context for
+    the rest of the segment), so 1 / seq_len of the bytes go unscored.
+
     Token = byte + ``token_offset``. Subclasses implement `_split_size` and `_read`.
     """
 
     token_offset: int = 0
     pad_id: int = 0
+    order: str = "windows"  # or "streams"; subclasses' constructors set it
 
     @abc.abstractmethod
     def _split_size(self, split: str) -> int:
@@ -271,7 +301,43 @@ class ByteWindowSource(SourceBase):
             return None
         return math.ceil(self._split_size(split) / self.seq_len)
 
+    def num_batches(self, split: str, global_batch_size: int) -> int | None:
+        if self.order != "streams":
+            return super().num_batches(split, global_batch_size)
+        process_rows(global_batch_size, 0, 1)
+        split = self.canonical_split(split)
+        if split == "train":
+            return None
+        return math.ceil(self._stream_len(split, global_batch_size) / self.seq_len)
+
+    def _stream_len(self, split: str, global_batch_size: int) -> int:
+        stream_len = self._split_size(split) // global_batch_size
+        if stream_len < (self.seq_len if split == "train" else 1):
+            raise ValueError(
+                f"{type(self).__name__}: split {split!r} ({self._split_size(split)} bytes) cut "
+                f"into {global_batch_size} streams leaves {stream_len} bytes per stream, less "
+                f"than one segment of seq_len={self.seq_len}; use a smaller batch_size or seq_len"
+            )
+        return stream_len
+
+    def _stream_batch(self, split: str, step: int, global_batch_size: int, rows: slice):
+        stream_len = self._stream_len(split, global_batch_size)
+        if split == "train":
+            segment = step % (stream_len // self.seq_len)
+        else:
+            segment = step
+        starts = np.arange(global_batch_size)[rows] * stream_len + segment * self.seq_len
+        size = min(self.seq_len, stream_len - segment * self.seq_len)
+        tokens = np.full((len(starts), self.seq_len), self.pad_id, np.int32)
+        for i, start in enumerate(starts.tolist()):
+            tokens[i, :size] = self._read(split, start, size).astype(np.int32) + self.token_offset
+        batch = lm_batch(tokens, np.full(len(starts), size))
+        reset = np.full(len(starts), segment == 0)
+        return Batch(batch.inputs, batch.targets, batch.weights, reset)
+
     def _make_batch(self, split: str, step: int, global_batch_size: int, rows: slice, seed: int):
+        if self.order == "streams":
+            return self._stream_batch(split, step, global_batch_size, rows)
         n = self._split_size(split)
         if split == "train":
             offsets = step_rng(seed, split, step).integers(

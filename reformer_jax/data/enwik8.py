@@ -206,6 +206,8 @@ class Enwik8(ByteWindowSource):
         Change them only for tests (a scaled-down archive); non-standard sizes are prepared as a
         separate config.
       chunk_size: bytes per stored example.
+      order: ``"windows"`` (random training windows) or ``"streams"`` (contiguous streams, one
+        per batch row, for Transformer-XL; see `reformer_jax.data.base.ByteWindowSource`).
     """
 
     vocab_size = 258
@@ -225,7 +227,11 @@ class Enwik8(ByteWindowSource):
         validation_bytes: int = _STANDARD.validation_bytes,
         test_bytes: int = _STANDARD.test_bytes,
         chunk_size: int = _STANDARD.chunk_size,
+        order: str = "windows",
     ):
+        if order not in ("windows", "streams"):
+            raise ValueError(f"order must be 'windows' or 'streams', got {order!r}")
+        self.order = order
         if not isinstance(seq_len, int) or seq_len < 2:
             raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
         sizes = (train_bytes, validation_bytes, test_bytes, chunk_size)

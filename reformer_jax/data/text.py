@@ -72,6 +72,8 @@ class TextFile(ByteWindowSource):
       eval_fraction: fraction of the bytes (the tail) held out as the ``"eval"`` split, in
         ``[0, 1)``; 0 means no evaluation split.
       separator: bytes inserted between the files of a directory.
+      order: ``"windows"`` (random training windows, the default) or ``"streams"``
+        (contiguous streams, one per batch row, for segment recurrence; see `ByteWindowSource`).
     """
 
     vocab_size = 256
@@ -83,11 +85,15 @@ class TextFile(ByteWindowSource):
         seq_len: int = 1024,
         eval_fraction: float = 0.05,
         separator: bytes = b"\n",
+        order: str = "windows",
     ):
         if not isinstance(seq_len, int) or seq_len < 2:
             raise ValueError(f"seq_len must be an integer >= 2, got {seq_len!r}")
         if not 0.0 <= eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction!r}")
+        if order not in ("windows", "streams"):
+            raise ValueError(f"order must be 'windows' or 'streams', got {order!r}")
+        self.order = order
         files = corpus_files(path)
         self.path = epath.Path(path)
         self.seq_len = seq_len

@@ -7,7 +7,9 @@
 * :mod:`.full`, :mod:`.local`, :mod:`.lsh`, :mod:`.sparse`, :mod:`.performer`: the cache of
   each attention kind that decodes (what a prefill stores and how a decode step attends to it),
   called by the kinds' ``prefill`` / ``step`` hooks (:mod:`reformer_jax.layers.kinds`;
-  Linformer refuses: it is not causal);
+  Linformer refuses: it is not causal; relative layers sample through :mod:`.memory`);
+* :mod:`.memory`: sampling from models with a memory across segments (Transformer-XL,
+  Compressive): the memories plus the current segment's tokens;
 * :mod:`.stack`: the prompt and one new token through the reversible stack;
 * :mod:`.sampling`: logits filters and the sampler; :mod:`.loop`: the public entry points
   (``generate``, ``prefill``, ``decode_step``, ``decode_logits``, ``lower_generate``).

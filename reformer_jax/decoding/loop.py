@@ -301,6 +301,8 @@ def generate(
     hash_rng: jax.Array | None = None,
     lsh_cache_size: int | None = None,
     return_lengths: bool = False,
+    segment_len: int | None = None,
+    mem_len: int | None = None,
 ):
     """Autoregressive sampling from a causal `ReformerLM`; one jitted program.
 
@@ -331,7 +333,35 @@ def generate(
 
     Returns:
       Tokens ``[B, P + max_new_tokens]`` (and the lengths ``[B]`` if ``return_lengths``).
+
+    Models with a memory across segments (``model.mem_len > 0``) sample through
+    :func:`reformer_jax.decoding.memory.generate_with_memory` (equal-length prompts, the cache
+    options do not apply; ``segment_len`` and ``mem_len`` are its, default: the model's
+    ``mem_len``).
     """
+    if model.cfg.has_memory:
+        from reformer_jax.decoding.memory import generate_with_memory
+
+        if prompt_lengths is not None or not use_cache or lsh_cache_size or return_lengths:
+            raise ValueError(
+                "generate: a model with a memory samples equal-length prompts through "
+                "decoding.memory.generate_with_memory; drop prompt_lengths, use_cache, "
+                "lsh_cache_size and return_lengths"
+            )
+        return generate_with_memory(
+            model,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            key=key,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            greedy=greedy,
+            stop_token=stop_token,
+            pad_token=pad_token,
+            segment_len=segment_len,
+            mem_len=mem_len,
+        )
     args, statics = _generate_args(
         model,
         prompts,

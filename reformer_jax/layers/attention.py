@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from reformer_jax import kernels
@@ -20,11 +21,13 @@ from reformer_jax.layers.kinds.linformer import Linformer
 from reformer_jax.layers.kinds.local import Local
 from reformer_jax.layers.kinds.lsh import LSH, layer_rotations, lsh_n_buckets
 from reformer_jax.layers.kinds.performer import Performer
+from reformer_jax.layers.kinds.relative import Relative
 from reformer_jax.layers.kinds.sparse import Sparse
 
 #: Every attention kind by its ``attention_pattern`` name.
 KINDS: dict[str, AttentionKind] = {
-    kind.name: kind for kind in (LSH(), Local(), Full(), Sparse(), Linformer(), Performer())
+    kind.name: kind
+    for kind in (LSH(), Local(), Full(), Sparse(), Linformer(), Performer(), Relative())
 }
 ATTENTION_KINDS = tuple(KINDS)
 
@@ -154,6 +157,8 @@ class SelfAttention(nnx.Module):
         draws: Any = None,
         replay: Any = None,
         shared: dict[str, jax.Array] | None = None,
+        memory_BMD: jax.Array | None = None,
+        memory_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, Any]:
         """Returns the branch output and the kind's replay (LSH bucket ids; None for most).
 
@@ -161,8 +166,29 @@ class SelfAttention(nnx.Module):
         ``draw`` returned (LSH: the rotations of :func:`layer_rotations`); ``replay`` what an
         earlier call returned, to recompute exactly that call (the reversible backward);
         ``shared`` the values of the kind's model-level parameters (``shared_params``).
+
+        ``memory_BMD`` (kinds with ``takes_memory``, Transformer-XL): ``M`` earlier states of
+        this layer's input, oldest first; the segment's queries attend over keys of
+        ``[memory; segment]`` (both through this layer's LayerNorm and projections).
+        ``memory_mask [B, M]`` is True for filled memory slots.
         """
-        q, k, v = self.project(self.norm(x_BLD))
+        if memory_BMD is None:
+            q, k, v = self.project(self.norm(x_BLD))
+        else:
+            if self.kind.shared_qk or not getattr(self.kind, "takes_memory", False):
+                raise ValueError(
+                    f"{self.kind.name} attention cannot attend to a memory; use the relative kind"
+                )
+            b, n_mem = memory_BMD.shape[:2]
+            context = jnp.concatenate([memory_BMD.astype(x_BLD.dtype), x_BLD], axis=1)
+            h = self.norm(context)
+            q = self._heads(self.q(h[:, n_mem:]))  # queries of the segment only
+            k, v = self._heads(self.k(h)), self._heads(self.v(h))
+            seg_mask = jnp.ones(x_BLD.shape[:2], bool) if mask is None else mask.astype(bool)
+            mem_mask = (
+                jnp.ones((b, n_mem), bool) if memory_mask is None else memory_mask.astype(bool)
+            )
+            mask = jnp.concatenate([mem_mask, seg_mask], axis=1)
         attn_key = hidden_key = None
         if dropout_key is not None:
             attn_key, hidden_key = jax.random.split(dropout_key)

@@ -39,6 +39,7 @@ from flax import nnx
 
 from reformer_jax.classifier import ClassifierConfig, SequenceClassifier
 from reformer_jax.config import ReformerConfig
+from reformer_jax.layers.memory import init_memory, reset_memory
 from reformer_jax.model import ReformerLM, lm_loss
 
 #: A pytree whose leaves all have a leading batch axis, or None (stateless).
@@ -131,6 +132,99 @@ class LMTask:
 
 
 # ---------------------------------------------------------------------------------------------
+# Language modelling with a memory across segments (Transformer-XL, Compressive Transformer).
+
+
+@dataclasses.dataclass(frozen=True)
+class LMMemoryTask:
+    """Next-token loss on consecutive segments of contiguous streams, with per-layer memories.
+
+    The carry is the model's memory (:mod:`reformer_jax.layers.memory`): ``mem [B, n_layers,
+    M, d_model]``, ``mem_valid [B, M]`` and, with a compressed memory, ``cmem [B, n_layers, C,
+    d_model]``, ``cmem_valid [B, C]``; rows whose ``reset`` is True start from an empty memory.
+    The source must yield contiguous streams (``order="streams"``: row b of step s is segment s
+    of stream b). The step minimises the LM loss plus the attention-reconstruction loss (which
+    reaches only the compressors); metrics report them apart (``reconstruction_loss``).
+
+    ``eval_mem_len``: the memory of evaluation (None: the training ``mem_len``; 0: none; the
+    paper evaluates with longer memories than it trains with). The compressed memory keeps its
+    training length.
+    """
+
+    model_cfg: ReformerConfig
+    eval_mem_len: int | None = None
+    name: str = "lm_memory"
+    batch_fields: tuple[str, ...] = ("inputs", "targets", "weights", "reset")
+    best_metric: tuple[str, str] | None = None
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, source: Any) -> LMMemoryTask:
+        if getattr(source, "order", None) != "streams":
+            raise ValueError(
+                "config.data.settings.order: the lm_memory task needs contiguous streams (each "
+                "step continuing every row's text); set config.data.settings.order = 'streams'"
+            )
+        cfg = model_config(config, source.vocab_size, config.seq_len)
+        if not cfg.has_memory:
+            raise ValueError(
+                "config.model.mem_len: the lm_memory task carries a memory but mem_len is 0; set "
+                "config.model.mem_len > 0 (or use config.task = 'lm')"
+            )
+        if cfg.cmem_len and config.seq_len % cfg.cmem_rate:
+            raise ValueError(
+                f"config.seq_len: {config.seq_len} is not a multiple of model.cmem_rate "
+                f"{cfg.cmem_rate} (each segment's evicted states are compressed in groups of the "
+                "rate); choose a segment length divisible by it"
+            )
+        eval_mem_len = config.get("eval_mem_len", None)
+        if eval_mem_len is not None and (not isinstance(eval_mem_len, int) or eval_mem_len < 0):
+            raise ValueError(
+                f"config.eval_mem_len: must be None or an integer >= 0, got {eval_mem_len!r}; "
+                "use None for the training memory length"
+            )
+        return cls(cfg, eval_mem_len)
+
+    def make_model(self, rngs: nnx.Rngs) -> ReformerLM:
+        return ReformerLM(self.model_cfg, rngs=rngs)
+
+    def mem_len(self, *, train: bool) -> int:
+        """The memory length of training or of evaluation."""
+        if train or self.eval_mem_len is None:
+            return self.model_cfg.mem_len
+        return self.eval_mem_len
+
+    def init_carry(self, batch_size: int, *, train: bool = True) -> Carry:
+        mem_len = self.mem_len(train=train)
+        if mem_len == 0:
+            return None
+        return init_memory(self.model_cfg, batch_size, mem_len)
+
+    def loss(self, model, batch, carry, *, dropout_rng=None, hash_rng=None):
+        if carry is None:  # evaluation without memory
+            logits, new_carry = model(batch["inputs"], dropout_rng=dropout_rng), None
+            recon = jnp.zeros((), jnp.float32)
+        else:
+            memory = reset_memory(carry, batch["reset"])
+            logits, new_carry, recon = model.with_memory(
+                batch["inputs"], memory, dropout_rng=dropout_rng
+            )
+        loss, weight = lm_loss(logits, batch["targets"], batch["weights"])
+        hits = jnp.argmax(logits[:, :-1], -1) == batch["targets"][:, 1:]
+        sums = {
+            "loss_sum": loss * weight,
+            "weight": weight,
+            "correct": jnp.sum(hits * batch["weights"][:, 1:]),
+            "reconstruction_sum": recon * weight,
+        }
+        return loss + recon, sums, new_carry
+
+    def summarize(self, sums: Mapping[str, Any]) -> dict[str, Any]:
+        metrics = LMTask().summarize(sums)
+        metrics["reconstruction_loss"] = _mean(sums["reconstruction_sum"], sums["weight"])
+        return metrics
+
+
+# ---------------------------------------------------------------------------------------------
 # Sequence classification (Long Range Arena).
 
 
@@ -218,6 +312,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int, length: int
 #: ``config.task`` -> builder ``(config, source) -> Task``.
 TASKS: dict[str, Callable[[ml_collections.ConfigDict, Any], Task]] = {
     "lm": LMTask.from_config,
+    "lm_memory": LMMemoryTask.from_config,
     "classification": ClassificationTask.from_config,
 }
 

@@ -15,12 +15,16 @@ NAMES = [
     "classify_tiny",
     "duplication",
     "enwik8",
+    "enwik8_compressive",
     "enwik8_small",
+    "enwik8_xl",
     "imagenet64",
     "scaled_1b",
     "text",
+    "text_compressive",
     "text_performer",
     "text_sparse",
+    "text_xl",
     "tiny",
 ]
 
@@ -46,6 +50,12 @@ def test_reference_configs_match_the_paper_setups():
     )
     assert image.axial_shape == (64, 64, 3) and image.max_length == 12288
     assert image.ff_activation == "gelu" and image.layer_kinds() == ["lsh"] * 6
+    xl_config = importlib.import_module("configs.enwik8_xl").get_config()
+    xl = ReformerConfig.from_dict(xl_config.model.to_dict())
+    assert (xl.n_layers, xl.d_model, xl.n_heads, xl.d_head, xl.d_ff) == (12, 512, 8, 64, 2048)
+    assert xl_config.seq_len == xl.mem_len == 512 and xl.layer_kinds() == ["relative"] * 12
+    compressive = importlib.import_module("configs.enwik8_compressive").get_config()
+    assert compressive.model.cmem_rate == 3 and compressive.seq_len % 3 == 0
 
 
 def _one_step(config, workdir):

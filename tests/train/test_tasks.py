@@ -357,3 +357,39 @@ def test_best_checkpoint_is_selected_by_validation_accuracy(tmp_path, monkeypatc
     for a, b in zip(seen["test"], seen[2], strict=True):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(seen[2], seen[3], strict=True))
+
+
+@pytest.mark.slow
+def test_memory_task_carry_layout_eval_memory_and_reset():
+    """Catches an evaluation carry built with the training memory length (eval_mem_len
+    ignored), a memory-less evaluation that still expects a carry, and reset rows whose memory
+    survives into the loss: the carry layout is the documented one, and a row reset before the
+    step scores like a fresh start."""
+    cfg = ReformerConfig(
+        vocab_size=13, d_model=8, d_ff=16, n_layers=2, n_heads=2, d_head=4,
+        attention_pattern=("relative",), residual="standard", pos_embedding="none",
+        mem_len=4, cmem_len=2, cmem_rate=2, cmem_method="mean",
+    )  # fmt: skip
+    task = tasks_lib.LMMemoryTask(cfg, eval_mem_len=6)
+    train = task.init_carry(3)
+    shapes = {k: v.shape for k, v in train.items()}
+    assert shapes == {
+        "mem": (3, 2, 4, 8), "mem_valid": (3, 4), "cmem": (3, 2, 2, 8), "cmem_valid": (3, 2),
+    }  # fmt: skip
+    assert task.init_carry(3, train=False)["mem"].shape == (3, 2, 6, 8)
+    assert dataclasses.replace(task, eval_mem_len=0).init_carry(3, train=False) is None
+    model = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(0), (3, 4), 0, 13)
+    batch = {
+        "inputs": tokens, "targets": tokens, "weights": jnp.ones((3, 4)).at[:, 0].set(0),
+        "reset": jnp.array([False, False, False]),
+    }  # fmt: skip
+    _, _, carry = task.loss(model, batch, train)
+    fresh_loss, fresh, _ = task.loss(model, {**batch, "reset": jnp.ones(3, bool)}, carry)
+    empty_loss, empty, _ = task.loss(model, batch, task.init_carry(3))
+    np.testing.assert_allclose(fresh["loss_sum"], empty["loss_sum"], rtol=1e-6)
+    kept, _, _ = task.loss(model, batch, carry)
+    assert abs(float(kept) - float(fresh_loss)) > 1e-6
+    no_memory = dataclasses.replace(task, eval_mem_len=0)
+    _, sums, new_carry = no_memory.loss(model, batch, None)
+    assert new_carry is None and float(sums["weight"]) == 9.0

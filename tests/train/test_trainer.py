@@ -395,6 +395,64 @@ def test_a_real_sigterm_checkpoints_and_exits(tmp_path):
     assert len(steps) == 1 and steps[0] >= 3
 
 
+def _memory_config(corpus: pathlib.Path, **model):
+    from configs import text_xl
+
+    config = text_xl.get_config()
+    config.seq_len = 16
+    config.data.settings = dict(path=str(corpus), seq_len=16, eval_fraction=0.2, order="streams")
+    config.model.update(
+        d_model=16, d_ff=32, n_layers=2, n_heads=2, d_head=8, mem_len=16, hidden_dropout=0.1
+    )
+    config.model.update(model)
+    config.update(
+        batch_size=4,
+        eval_mem_len=32,
+        num_steps=8,
+        checkpoint_every=4,
+        eval_every=8,
+        eval_batches=0,
+        log_every=1,
+        warmup_steps=0,
+        mesh_shape=(1, 1),
+    )
+    return config
+
+
+@pytest.mark.slow
+def test_memory_task_resumes_with_its_memory(tmp_path):
+    """Catches a memory (the task's carry, with its compressed part) that is not checkpointed or
+    not restored: the resumed run's losses after step 4 would come from an empty memory and
+    differ from the uninterrupted run's. Also: the reconstruction loss is reported apart and the
+    evaluation (with a longer memory) runs over the whole held-out streams."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(bytes(range(32, 127)) * 40)
+    config = _memory_config(corpus, mem_len=8, cmem_len=4, cmem_rate=2, cmem_method="conv")
+    straight = train_and_evaluate(config, tmp_path / "straight")
+    config.stop_at_step = 4
+    first = train_and_evaluate(config, tmp_path / "resumed")
+    assert first.interrupted and first.step == 4
+    config.stop_at_step = 0
+    second = train_and_evaluate(config, tmp_path / "resumed")
+    a, b = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert sorted(b) == list(range(1, 9))
+    np.testing.assert_allclose([b[s] for s in range(1, 9)], [a[s] for s in range(1, 9)], rtol=1e-6)
+    assert second.step == 8 and straight.train_metrics[-1]["reconstruction_loss"] > 0
+    assert np.isfinite(straight.eval_metrics["loss"]) and straight.eval_metrics["tokens"] > 0
+
+
+def test_memory_task_needs_contiguous_streams(tmp_path):
+    """Catches a memory task silently trained on random windows (its memory would hold
+    unrelated text)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"abc " * 500)
+    config = _memory_config(corpus)
+    config.data.settings.order = "windows"
+    with pytest.raises(ValueError, match=r"config\.data\.settings\.order: .*'streams'"):
+        train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 # -- evaluation against NumPy ---------------------------------------------------------------
 
 
