@@ -70,6 +70,7 @@ KINDS = (
     "fixed",
     "linformer",
     "performer",
+    "relative",
 )
 DEFAULT_KINDS = KINDS
 DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
@@ -169,6 +170,9 @@ def series_table(args: argparse.Namespace) -> list[Series]:
                 (("performer_n_features", args.features), ("performer_chunk_len", chunk)),
             )
         ],
+        # Transformer-XL's attention within one segment (no memory): dense and causal, with
+        # the relative-position term on top of full attention's cost.
+        "relative": [Series("relative (XL)", "relative")],
     }
     return [s for kind in args.kinds for s in table[kind]]
 

@@ -284,7 +284,7 @@ def test_carry_is_sharded_over_eight_devices(toy, tmp_path):
     mesh = shd.make_mesh((8, 1))
     carry = trainer.init_carry(CarryTask(), 8, mesh)
     sharding = carry["total"].sharding
-    assert sharding.spec == P("data") and len(carry["total"].addressable_shards) == 8
+    assert sharding.spec == P(shd.BATCH_AXES) and len(carry["total"].addressable_shards) == 8
     assert {s.data.shape for s in carry["total"].addressable_shards} == {(1,)}
     train_and_evaluate(toy, tmp_path / "one")
     toy.mesh_shape = (8, 1)
