@@ -28,6 +28,21 @@ _ATTN_STREAM, _FF_STREAM = 0, 1
 _EMBED_STREAM, _HEAD_STREAM = 2**31 - 1, 2**31 - 2
 
 
+def _feedforward_fn(ff_graph):
+    """The stack's G branch of one pattern position: ``fn(params, x, ctx, layer)``, with the
+    layer's own dropout stream (so the reversible backward replays the forward's masks)."""
+
+    def fn(prm, x, ctx, layer):
+        _, drop_key = ctx
+        feedforward = nnx.merge(ff_graph, prm)
+        key = None
+        if drop_key is not None:
+            key = jax.random.fold_in(jax.random.fold_in(drop_key, layer), _FF_STREAM)
+        return feedforward(x, dropout_key=key)
+
+    return fn
+
+
 class Block(nnx.Module):
     """One layer's two branches: F (attention) and G (feed-forward)."""
 
@@ -205,20 +220,9 @@ class ReformerLM(nnx.Module):
 
             return fn
 
-        def ff_fn(p):
-            def fn(prm, x, ctx, layer):
-                _, drop_key = ctx
-                feedforward = nnx.merge(ff_graphs[p], prm)
-                key = None
-                if drop_key is not None:
-                    key = jax.random.fold_in(jax.random.fold_in(drop_key, layer), _FF_STREAM)
-                return feedforward(x, dropout_key=key)
-
-            return fn
-
         n = len(self.blocks)
         attn_fns = [attn_fn(p) for p in range(n)]
-        ff_fns = [ff_fn(p) for p in range(n)]
+        ff_fns = [_feedforward_fn(g) for g in ff_graphs]
         ctx = (mask, dropout_rng)
         params = tuple(params)
         if cfg.residual == "standard":
@@ -301,22 +305,11 @@ class ReformerLM(nnx.Module):
 
             return fn
 
-        def ff_fn(p):
-            def fn(prm, x, ctx, layer):
-                _, drop_key = ctx
-                feedforward = nnx.merge(ff_graphs[p], prm)
-                key = None
-                if drop_key is not None:
-                    key = jax.random.fold_in(jax.random.fold_in(drop_key, layer), _FF_STREAM)
-                return feedforward(x, dropout_key=key)
-
-            return fn
-
         n = len(self.blocks)
         per_pattern = memory_lib.by_pattern(memory, cfg.n_groups, n)
         y, new_per_pattern, recons = memory_lib.memory_stack(
             [attn_fn(p) for p in range(n)],
-            [ff_fn(p) for p in range(n)],
+            [_feedforward_fn(g) for g in ff_graphs],
             tuple(params),
             x,
             (mask, dropout_rng),
