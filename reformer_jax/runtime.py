@@ -11,6 +11,8 @@ peak memory with YNNPACK restricted to dots (measured with ``bench/train_step.py
 from __future__ import annotations
 
 import ctypes
+import glob
+import importlib.util
 import os
 import sys
 
@@ -27,6 +29,13 @@ def configure_xla(environ: dict[str, str] | None = None) -> list[str]:
     leaving the setting silently unapplied.
     """
     env = os.environ if environ is None else environ
+    if environ is None:
+        platforms = skip_absent_tpu(os.environ)
+        if platforms and "jax" in sys.modules and not _backends_initialised():
+            # jax reads JAX_PLATFORMS when it is imported; an entry point may import it first.
+            import jax
+
+            jax.config.update("jax_platforms", platforms)
     if env.get(_OPT_OUT, "1") == "0":
         return []
     current = env.get("XLA_FLAGS", "")
@@ -40,6 +49,28 @@ def configure_xla(environ: dict[str, str] | None = None) -> list[str]:
         )
     env["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return added
+
+
+def skip_absent_tpu(env: dict[str, str]) -> str | None:
+    """Keeps JAX off the TPU plugin where libtpu is installed but the host has no TPU chip.
+
+    libtpu is installed with the test extra (``bench.aot_tpu`` compiles for TPU topologies on a
+    CPU); JAX then probes for TPU chips at start-up and libtpu prints a screen of warnings about
+    hostnames and accelerator types. Without a chip (no ``/dev/accel*`` or ``/dev/vfio/<n>``)
+    this sets ``JAX_PLATFORMS`` to the other installed platforms (``cuda,cpu`` with a CUDA
+    plugin, else ``cpu``); returns what it set, or None when it leaves things alone (the user
+    set ``JAX_PLATFORMS``, libtpu is absent, or a chip is present).
+    """
+    if env.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+        return None
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return None
+    cuda = any(
+        importlib.util.find_spec(name) is not None
+        for name in ("jax_cuda12_plugin", "jax_cuda13_plugin")
+    )
+    env["JAX_PLATFORMS"] = "cuda,cpu" if cuda else "cpu"
+    return env["JAX_PLATFORMS"]
 
 
 def _backends_initialised() -> bool:
