@@ -445,7 +445,9 @@ def run(
         "programs": {},
         "compiled_not_run": True,
     }
-    train = compile_program("train_step", parts.step.lower(*args), hbm, args, axes[shd.FSDP])
+    with jax.set_mesh(mesh):  # the layers' activation sharding constraints read it
+        lowered = parts.step.lower(*args)
+    train = compile_program("train_step", lowered, hbm, args, axes[shd.FSDP])
     flops = model_flops(model_cfg, parts.abstract_params, config.batch_size, config.seq_len)
     train["model_flops_per_chip"] = flops / len(devices)
     step_time = train["model_flops_per_chip"] / (peak * mfu)
@@ -455,7 +457,9 @@ def run(
     if decode and model_cfg.causal and model_cfg.residual == "reversible":
         batch = decode_batch or config.batch_size
         plen = prompt_len or config.seq_len // 2
-        for name, lowered, dargs in _decode_programs(model_cfg, mesh, batch, plen, config.seq_len):
+        with jax.set_mesh(mesh):
+            programs = _decode_programs(model_cfg, mesh, batch, plen, config.seq_len)
+        for name, lowered, dargs in programs:
             out = compile_program(name, lowered, hbm, dargs, axes[shd.FSDP])
             out["batch"], out["prompt_len"], out["max_length"] = batch, plen, config.seq_len
             report["programs"][name] = out

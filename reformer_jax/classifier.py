@@ -28,6 +28,7 @@ from flax import nnx
 
 from reformer_jax.config import ReformerConfig
 from reformer_jax.model import ReformerLM
+from reformer_jax.train import sharding as shd
 
 POOLINGS = ("cls", "mean")
 
@@ -161,8 +162,9 @@ class SequenceClassifier(nnx.Module):
             features = jnp.concatenate([e1, e2, e1 * e2, e1 - e2], axis=-1)
         else:
             features = self.encode(inputs, mask, dropout_rng=dropout_rng, hash_rng=hash_rng)
+        features = shd.constrain_batch(features)
         hidden = jax.nn.relu(self.hidden(features.astype(self.cfg.compute_dtype)))
-        return self.logits(hidden).astype(self._out_dtype)
+        return shd.constrain_batch(self.logits(hidden).astype(self._out_dtype))
 
     @property
     def _out_dtype(self) -> jnp.dtype:

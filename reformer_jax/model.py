@@ -21,6 +21,7 @@ from reformer_jax.layers.embeddings import PositionalEmbedding
 from reformer_jax.layers.feedforward import FeedForward
 from reformer_jax.layers.residual import standard_stack
 from reformer_jax.layers.reversible import reversible_stack, stack_forward
+from reformer_jax.train import sharding as shd
 
 # fold_in tags separating the independent random streams of one layer.
 _ATTN_STREAM, _FF_STREAM = 0, 1
@@ -137,7 +138,8 @@ class ReformerLM(nnx.Module):
         )
         if dropout_rng is not None and cfg.hidden_dropout > 0:
             h = dropout(h, cfg.hidden_dropout, jax.random.fold_in(dropout_rng, _HEAD_STREAM))
-        return self.head(h).astype(jnp.promote_types(cfg.compute_dtype, jnp.float32))
+        logits = self.head(h).astype(jnp.promote_types(cfg.compute_dtype, jnp.float32))
+        return shd.constrain_batch(logits)
 
     def hidden_states(
         self,
@@ -175,7 +177,7 @@ class ReformerLM(nnx.Module):
             x = x + pos.astype(x.dtype)[None]
         if dropout_rng is not None and cfg.hidden_dropout > 0:
             x = dropout(x, cfg.hidden_dropout, jax.random.fold_in(dropout_rng, _EMBED_STREAM))
-        x = x.astype(cfg.compute_dtype)
+        x = shd.constrain_batch(x.astype(cfg.compute_dtype))
 
         if hash_rng is None:
             hash_rng = (
@@ -233,7 +235,7 @@ class ReformerLM(nnx.Module):
             else:
                 y1, y2, _ = stack_forward(attn_fns, ff_fns, params, x, x, ctx, stacked_draws)
             h = self.final_norm(jnp.concatenate([y1, y2], axis=-1))
-        return h
+        return shd.constrain_batch(h)
 
     def with_memory(
         self,

@@ -23,6 +23,7 @@ from reformer_jax.layers.kinds.lsh import LSH, layer_rotations, lsh_n_buckets
 from reformer_jax.layers.kinds.performer import Performer
 from reformer_jax.layers.kinds.relative import Relative
 from reformer_jax.layers.kinds.sparse import Sparse
+from reformer_jax.train import sharding as shd
 
 #: Every attention kind by its ``attention_pattern`` name.
 KINDS: dict[str, AttentionKind] = {
@@ -192,18 +193,28 @@ class SelfAttention(nnx.Module):
         attn_key = hidden_key = None
         if dropout_key is not None:
             attn_key, hidden_key = jax.random.split(dropout_key)
-        out, replay = self.kind.attend(
-            self.cfg,
-            q,
-            k,
-            v,
-            mask=mask,
-            dropout_key=attn_key,
-            draws=draws,
-            replay=replay,
-            params=self.extra_params(shared),
+
+        def kernel(batched, whole, dropout_key):
+            q, k, v, mask, replay = batched
+            draws, params = whole
+            return self.kind.attend(
+                self.cfg,
+                q,
+                k,
+                v,
+                mask=mask,
+                dropout_key=dropout_key,
+                draws=draws,
+                replay=replay,
+                params=params,
+            )
+
+        # On a mesh, each batch shard runs the kernel on its own rows (the kernels' loops
+        # would otherwise gather every row onto every chip); outside one, a plain call.
+        out, replay = shd.per_batch_shard(
+            kernel, (q, k, v, mask, replay), (draws, self.extra_params(shared)), attn_key
         )
-        y = self.merge_heads(out)
+        y = shd.constrain_batch(self.merge_heads(out))
         if hidden_key is not None and self.cfg.hidden_dropout > 0:
             y = kernels.masking.dropout(y, self.cfg.hidden_dropout, hidden_key)
         return y.astype(x_BLD.dtype), replay

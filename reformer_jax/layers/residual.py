@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from reformer_jax.layers.reversible import AttnFn, FFFn
+from reformer_jax.train.sharding import constrain_batch
 
 
 def standard_stack(
@@ -38,13 +39,14 @@ def standard_stack(
 
     def body(x, xs):
         group_params, group_draws, g = xs
+        x = constrain_batch(x)  # the residual stream stays split along the batch
         for p in range(n_pattern):
             layer = g * n_pattern + p
             attn_params, ff_params = group_params[p]
             a, _ = attn_fns[p](attn_params, x, (ctx, group_draws[p]), layer, None)
             x = x + a
             x = x + ff_fns[p](ff_params, x, ctx, layer)
-        return x, None
+        return constrain_batch(x), None
 
     y, _ = jax.lax.scan(body, x, (params, draws, jnp.arange(n_groups)))
     return y

@@ -21,6 +21,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from reformer_jax.train.sharding import constrain_batch
+
 # attn(params, x2, ctx, layer_index, replay) -> (branch output, replay or None)
 AttnFn = Callable[[Any, jax.Array, Any, jax.Array, Any], tuple[jax.Array, Any]]
 # ff(params, y1, ctx, layer_index) -> branch output
@@ -42,7 +44,7 @@ def _forward_group(attn_fns, ff_fns, group_params, x1, x2, ctx, group_draws, g, 
         x1 = x1 + a
         x2 = x2 + ff_fns[p](ff_params, x1, ctx, layer)
         used_all.append(used)
-    return x1, x2, tuple(used_all)
+    return constrain_batch(x1), constrain_batch(x2), tuple(used_all)
 
 
 def stack_forward(attn_fns, ff_fns, params, x1, x2, ctx, draws):
@@ -50,7 +52,7 @@ def stack_forward(attn_fns, ff_fns, params, x1, x2, ctx, draws):
     n_groups = jax.tree.leaves(params)[0].shape[0]
 
     def body(carry, xs):
-        x1, x2 = carry
+        x1, x2 = map(constrain_batch, carry)  # the streams stay split along the batch
         group_params, group_draws, g = xs
         x1, x2, used = _forward_group(
             attn_fns, ff_fns, group_params, x1, x2, ctx, group_draws, g, None
@@ -99,7 +101,7 @@ def reversible_stack(
         n_pattern = len(attn_fns)
 
         def body(carry, xs):
-            y1, y2, dy1, dy2 = carry
+            y1, y2, dy1, dy2 = map(constrain_batch, carry)
             group_params, group_draws, group_replay, g = xs
             grads = [None] * n_pattern
             for p in reversed(range(n_pattern)):
@@ -126,7 +128,8 @@ def reversible_stack(
                 dy2 = dy2 + dx2_from_attn
                 y1, y2 = x1, x2
                 grads[p] = (d_attn_params, d_ff_params)
-            return (y1, y2, dy1, dy2), tuple(grads)
+            carry = tuple(map(constrain_batch, (y1, y2, dy1, dy2)))
+            return carry, tuple(grads)
 
         (_, _, dx1, dx2), d_params = jax.lax.scan(
             body,

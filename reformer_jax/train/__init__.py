@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import jax
 import ml_collections
 
-from reformer_jax.checkpoint import CheckpointError
-from reformer_jax.train.trainer import TrainingError, TrainResult, train_and_evaluate
-
 __all__ = ["TrainResult", "TrainingError", "run_main", "train_and_evaluate"]
+
+
+def __getattr__(name: str) -> Any:
+    # The loop is imported on first use: the layers import this package's sharding rules
+    # (reformer_jax.train.sharding), and the loop imports the model.
+    if name in ("TrainResult", "TrainingError", "train_and_evaluate"):
+        from reformer_jax.train import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_main(
@@ -23,6 +31,9 @@ def run_main(
     distributed: bool = False,
 ) -> int:
     """Entry point behind ``train.py``: multi-host set-up, then train; returns an exit code."""
+    from reformer_jax.checkpoint import CheckpointError
+    from reformer_jax.train.trainer import TrainingError, train_and_evaluate
+
     if coordinator_address or num_processes or process_id is not None:
         if not (coordinator_address and num_processes and process_id is not None):
             print(

@@ -10,11 +10,19 @@ this module is the one place that maps them onto the mesh. The mesh has three ax
 
 Batches go on ``(data, fsdp)``. ``config.mesh_shape`` is ``(data, model)`` (no FSDP, as before)
 or ``(data, fsdp, model)``.
+
+Activations follow the batch too (MaxText's rule): the layers call :func:`constrain_batch` on
+the residual streams and logits, and run each attention kernel on the rows of one batch shard
+(:func:`per_batch_shard`). Both read the mesh set with ``jax.set_mesh`` (the trainer and
+``bench/aot_tpu.py`` set it around tracing) and do nothing without one, so single-device code and
+unit tests are unchanged. Without them XLA's propagation is free to replicate batch-split
+activations, and it must: the attention kernels loop (``lax.map``) over ``batch x heads x
+blocks``, and a loop over a split axis is compiled as an all-gather of that axis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -137,3 +145,78 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
         name: jax.make_array_from_process_local_data(sharding, value)
         for name, value in local.items()
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# Activations: the batch axis of every large activation stays split over (data, fsdp).
+
+
+def _batch_mesh(batch: int) -> Any:
+    """The mesh set with ``jax.set_mesh`` if it splits ``batch`` rows evenly over its batch axes
+    (and they are not already manual, inside :func:`per_batch_shard`); else None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return None
+    types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
+    if any(types[a] == AxisType.Manual for a in BATCH_AXES):
+        return None
+    size = mesh.shape[DATA] * mesh.shape[FSDP]
+    if size == 1 or batch % size:
+        return None  # nothing to split, or rows that cannot split evenly: leave it to XLA
+    return mesh
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """``x [B, ...]`` with its leading axis constrained to the batch axes (``data`` x ``fsdp``).
+
+    The other axes are left to XLA (``UNCONSTRAINED``: e.g. heads on ``model``). A no-op
+    without a mesh (``jax.set_mesh``), on a mesh without data parallelism, or when ``B`` does not
+    divide evenly.
+    """
+    if _batch_mesh(x.shape[0]) is None:
+        return x
+    spec = P(BATCH_AXES, *[P.UNCONSTRAINED] * (x.ndim - 1))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+def per_batch_shard(
+    fn: Callable[[Any, Any, jax.Array | None], Any],
+    batched: Any,
+    shared: Any,
+    key: jax.Array | None = None,
+) -> Any:
+    """``fn(batched, shared, key)`` run on each batch shard's rows (``jax.shard_map``).
+
+    ``batched``: arrays whose leading axis is the batch (split over ``data`` x ``fsdp``);
+    ``shared``: arrays every shard needs whole (random draws, parameters); ``key``: a PRNG key
+    (or None) into which each shard folds its index, so shards draw independent dropout masks.
+    ``fn`` returns batch-first arrays. The ``model`` axis stays with XLA. Without a mesh that
+    splits the batch this is ``fn(batched, shared, key)``, so dropout masks (not their
+    statistics) depend on how many devices split the batch.
+
+    Attention kernels need this: they loop over ``batch x heads x blocks`` (``lax.map``), and XLA
+    compiles a loop over a split axis as an all-gather of the loop's inputs, i.e. every chip
+    would hold every row's sorted queries, keys and values.
+    """
+    leaves = jax.tree.leaves(batched)
+    mesh = _batch_mesh(leaves[0].shape[0]) if leaves else None
+    if mesh is None:
+        return fn(batched, shared, key)
+
+    def local(batched, shared, key):
+        if key is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(BATCH_AXES))
+        return fn(batched, shared, key)
+
+    rows, whole = P(BATCH_AXES), P()
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(
+            jax.tree.map(lambda _: rows, batched),
+            jax.tree.map(lambda _: whole, shared),
+            whole,
+        ),
+        out_specs=rows,
+        axis_names=set(BATCH_AXES),
+    )(batched, shared, key)

@@ -388,6 +388,14 @@ def train_and_evaluate(
     resuming = _check_workdir(workdir, record)
     mesh = shd.make_mesh(config.mesh_shape)
     _check_batch(config, mesh)
+    # Every program is traced with the mesh set: the layers' activation sharding constraints
+    # (shd.constrain_batch, shd.per_batch_shard) read it.
+    with jax.set_mesh(mesh):
+        return _train_on_mesh(config, workdir, source, task, record, resuming, mesh)
+
+
+def _train_on_mesh(config, workdir, source, task, record, resuming, mesh) -> TrainResult:
+    """The loop of `train_and_evaluate` (the mesh is set)."""
     schedule, tx = _optimizer(config)
     workdir.mkdir(parents=True, exist_ok=True)
     state = _TrainState.start(config, task, tx, mesh, workdir, resuming)

@@ -1,11 +1,15 @@
+import math
+import re
+
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from reformer_jax.model import ReformerLM
+from reformer_jax.model import ReformerLM, lm_loss
 from reformer_jax.train import sharding as shd
-from tests.model_utils import tiny_config
+from tests.model_utils import random_tokens, tiny_config
 
 
 def test_mesh_shapes():
@@ -77,3 +81,127 @@ def test_fsdp_shards_the_embed_dimension_of_parameters_and_batches():
     assert block["feedforward"]["dense_out"]["kernel"].get_value().spec == P(None, "model", "fsdp")
     assert shd.batch_sharding(mesh).spec == P(("data", "fsdp"))
     assert shd.data_parallel_size(mesh) == 4
+
+
+# ------------------------------------------------------------------------------------------------
+# Activation sharding: constrain_batch and per_batch_shard.
+
+
+def _sharded_loss_and_grads(cfg, tokens, mesh_shape, mask=None):
+    """Loss and gradients of ``cfg``'s model (parameters seed 0) on ``tokens``, on one device
+    (``mesh_shape`` None) or traced with a mesh set, inputs laid out as the trainer does."""
+    model = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+
+    def loss(state, tokens, mask):
+        logits = nnx.merge(graphdef, state)(tokens, mask=mask, hash_rng=jax.random.key(3))
+        return lm_loss(logits, tokens, None if mask is None else mask.astype(logits.dtype))[0]
+
+    fn = jax.jit(jax.value_and_grad(loss))
+    if mesh_shape is None:
+        return fn(state, tokens, mask)
+    mesh = shd.make_mesh(mesh_shape)
+    state = jax.device_put(state, shd.param_shardings(mesh, state))
+    tokens, mask = jax.device_put((tokens, mask), shd.batch_sharding(mesh))
+    with jax.set_mesh(mesh):
+        return fn(state, tokens, mask)
+
+
+@pytest.mark.parametrize("residual", ["reversible", "standard"])
+def test_constrained_model_has_one_devices_loss_and_gradients(x64, residual):
+    """Catches a per-shard attention kernel that sees the wrong rows (a mask or bucket replay
+    not split with its queries), a shared parameter (Linformer's projection) whose gradient is
+    one shard's instead of the sum over shards, or a constraint that changes values; float64,
+    so only summation order differs."""
+    cfg = tiny_config(
+        attention_pattern=("lsh", "linformer", "local"),
+        n_layers=3,
+        causal=False,
+        linformer_k=4,
+        linformer_sharing="layer",
+        max_len=32,
+        residual=residual,
+        dtype="float64",
+        param_dtype="float64",
+    )
+    tokens = random_tokens(cfg, (8, 32))
+    mask = np.ones((8, 32), bool)
+    mask[:, 27:] = False  # padded tails: the mask must travel with its rows
+    one_loss, one_grads = _sharded_loss_and_grads(cfg, tokens, None, mask)
+    loss, grads = _sharded_loss_and_grads(cfg, tokens, (2, 2, 2), mask)
+    np.testing.assert_allclose(loss, one_loss, rtol=1e-10)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(one_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_constraints_are_no_ops_without_a_mesh_or_an_even_split():
+    """Catches a constraint that demands a mesh (single-device code and unit tests have none) or
+    one that forces an uneven split of the batch."""
+    x = jax.numpy.ones((6, 4))
+    assert shd.constrain_batch(x) is x
+    assert shd.per_batch_shard(lambda b, s, k: b[0] + s, (x,), 1.0).shape == (6, 4)
+    with jax.set_mesh(shd.make_mesh((4, 2))):  # 6 rows on 4 batch shards: left to XLA
+        assert shd.constrain_batch(x) is x
+        assert shd._batch_mesh(8) is not None
+    with jax.set_mesh(shd.make_mesh((1, 8))):  # no data parallelism: nothing to split
+        assert shd._batch_mesh(8) is None
+
+
+_HLO_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "f64": 8, "s64": 8}
+
+
+def _compiled_lsh_step(mesh_shape):
+    """The trainer's compiled step for a small causal LSH + local model on ``mesh_shape``:
+    (per-device temporary bytes, bytes of all-gathers in the HLO)."""
+    import ml_collections
+
+    from configs.common import base_config
+    from reformer_jax.train.command_line import complete_config
+    from reformer_jax.train.trainer import _model_config, build_train_step
+
+    config = base_config()
+    config.seq_len, config.batch_size = 256, 8
+    config.model = ml_collections.ConfigDict(
+        dict(
+            vocab_size=64,
+            d_model=32,
+            d_ff=64,
+            n_layers=2,
+            n_heads=2,
+            d_head=16,
+            attention_pattern=["lsh", "local"],
+            lsh_chunk_len=16,
+            lsh_n_hashes=2,
+            local_chunk_len=16,
+            pos_embedding="learned",
+            max_len=256,
+        )
+    )
+    config = complete_config(config, train_defaults=base_config())
+    config.mesh_shape = mesh_shape
+    mesh = shd.make_mesh(mesh_shape)
+    parts = build_train_step(config, _model_config(config, 64), mesh)
+    with jax.set_mesh(mesh):
+        lowered = parts.step.lower(*parts.abstract_args(config.batch_size, config.seq_len))
+    compiled = lowered.compile()
+    gathered = 0
+    for line in compiled.as_text().splitlines():
+        match = re.search(r"= (\w+)\[([\d,]*)\]\S* all-gather(-start)?\(", line)
+        if match:
+            dims = [int(d) for d in match.group(2).split(",") if d]
+            gathered += math.prod(dims) * _HLO_BYTES.get(match.group(1), 4)
+    return compiled.memory_analysis().temp_size_in_bytes, gathered
+
+
+def test_data_parallel_step_gathers_no_activations_and_fsdp_costs_no_temporaries():
+    """Catches activations replicated across the data-parallel devices. Planted and measured
+    on this toy: without the per-shard attention kernels XLA all-gathers the kernels' loop
+    inputs (sorted queries, keys, values: 8.6 MB of all-gathers, 3.6x the temporaries); without
+    the residual-stream constraints FSDP's temporaries are 1.85x data parallelism's (1.02x with
+    them). Deterministic: compiled programs, not timings."""
+    data_temp, data_gathered = _compiled_lsh_step((8, 1))
+    fsdp_temp, _ = _compiled_lsh_step((1, 8, 1))
+    # Parameters are replicated on a (data, model) mesh: nothing needs gathering.
+    assert data_gathered == 0, data_gathered
+    # FSDP gathers parameters one layer at a time: at most 10% more temporaries.
+    assert fsdp_temp <= 1.1 * data_temp, (fsdp_temp, data_temp)
