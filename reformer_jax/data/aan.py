@@ -17,11 +17,11 @@ both documents going through the same encoder (LRA's dual encoder). Splits ``tra
 from __future__ import annotations
 
 import os
-import pathlib
 
 import numpy as np
 
 from reformer_jax.data.examples import BYTE_VOCAB_SIZE, ExampleSource, byte_tokens
+from reformer_jax.paths import as_path
 
 __all__ = ["FILES", "AAN", "read_tsv"]
 
@@ -35,9 +35,9 @@ FILES = {
 
 def read_tsv(path: str | os.PathLike) -> tuple[list[tuple[bytes, bytes]], np.ndarray]:
     """(text pairs as bytes, labels int32) of one LRA AAN file."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     pairs, labels = [], []
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for number, line in enumerate(f, 1):
             line = line.rstrip(b"\r\n")
             if not line:
@@ -74,7 +74,7 @@ class AAN(ExampleSource):
         if seq_len <= 0:
             raise ValueError(f"aan.seq_len: {seq_len} must be positive")
         self.seq_len = int(seq_len)
-        where = pathlib.Path(data_dir).expanduser() if data_dir is not None else None
+        where = as_path(data_dir) if data_dir is not None else None
         missing = [n for n in FILES.values() if where is None or not (where / n).is_file()]
         if missing:
             raise FileNotFoundError(

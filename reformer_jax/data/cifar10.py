@@ -33,6 +33,7 @@ import numpy as np
 
 from reformer_jax.data.examples import ExampleSource
 from reformer_jax.data.tfds_split import open_tfds, select_splits
+from reformer_jax.paths import as_path
 
 __all__ = ["ARCHIVE", "Cifar10", "grayscale", "read_binary_archive"]
 
@@ -54,7 +55,7 @@ def grayscale(image: np.ndarray) -> np.ndarray:
 def read_binary_archive(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
     """``{"train": [...], "test": [...]}`` of ``{"image", "label"}`` from the binary archive."""
     batches: dict[str, np.ndarray] = {}
-    with tarfile.open(path, "r:*") as tar:
+    with as_path(path).open("rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
         for member in tar:
             name = pathlib.PurePosixPath(member.name).name
             if member.isfile() and name.endswith(".bin") and "batch" in name:
@@ -99,7 +100,7 @@ class Cifar10(ExampleSource):
         if examples is None:
             examples = open_tfds(TFDS_NAME, ("train", "test"), data_dir)
         if examples is None and manual_dir is not None:
-            archive = pathlib.Path(manual_dir).expanduser() / ARCHIVE
+            archive = as_path(manual_dir) / ARCHIVE
             if archive.is_file():
                 examples = read_binary_archive(archive)
         if examples is None:

@@ -24,7 +24,6 @@ random-access sequences of ``{"text": str | bytes, "label": int}``.
 from __future__ import annotations
 
 import os
-import pathlib
 import tarfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,6 +32,7 @@ import numpy as np
 
 from reformer_jax.data.examples import BYTE_VOCAB_SIZE, ExampleSource, byte_tokens
 from reformer_jax.data.tfds_split import open_tfds, select_splits
+from reformer_jax.paths import as_path
 
 __all__ = ["ARCHIVE", "TFDS_NAME", "IMDb", "read_acl_imdb"]
 
@@ -43,7 +43,7 @@ ARCHIVE = "aclImdb_v1.tar.gz"
 def read_acl_imdb(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
     """``{"train": [...], "test": [...]}`` of ``{"text": bytes, "label": int}`` from the original
     archive or its unpacked ``aclImdb`` directory (files sorted by path)."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     out: dict[str, list[tuple[str, dict]]] = {"train": [], "test": []}
 
     def add(name: str, read) -> None:
@@ -54,10 +54,13 @@ def read_acl_imdb(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
                 out[split].append((name, {"text": read(), "label": int(parts[-2] == "pos")}))
 
     if path.is_dir():
-        for file in path.rglob("*.txt"):
-            add(file.relative_to(path).as_posix(), file.read_bytes)
+        # The known layout, not a recursive glob (which epath refuses: thousands of bucket calls).
+        for split in out:
+            for label in ("neg", "pos"):
+                for file in (path / split / label).glob("*.txt"):
+                    add(file.relative_to(path).as_posix(), file.read_bytes)
     else:
-        with tarfile.open(path, "r:*") as tar:
+        with path.open("rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
             for member in tar:
                 if member.isfile():
                     add(member.name, lambda m=member: tar.extractfile(m).read())
@@ -96,7 +99,7 @@ class IMDb(ExampleSource):
         if examples is None:
             examples = open_tfds(TFDS_NAME, ("train", "test"), data_dir)
         if examples is None and manual_dir is not None:
-            manual = pathlib.Path(manual_dir).expanduser()
+            manual = as_path(manual_dir)
             for candidate in (manual / ARCHIVE, manual / "aclImdb"):
                 if candidate.exists():
                     examples = read_acl_imdb(candidate)

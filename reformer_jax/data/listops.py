@@ -35,14 +35,16 @@ expression of LRA length ``n`` is ``n`` tokens. ``seq_len`` defaults to 2,000.
 from __future__ import annotations
 
 import csv
+import io
 import os
-import pathlib
 import random
 from collections.abc import Sequence
 
 import numpy as np
+from etils import epath
 
 from reformer_jax.data.examples import ExampleSource
+from reformer_jax.paths import as_path
 
 __all__ = [
     "OPERATORS",
@@ -155,21 +157,22 @@ def write_tsv(
     num_test: int = 2_000,
     seed: int = 0,
     **generator_settings,
-) -> dict[str, pathlib.Path]:
+) -> dict[str, epath.Path]:
     """Generates the three splits (`generate`) and writes them as LRA's TSVs; returns the paths."""
     counts = {"train": num_train, "validation": num_validation, "test": num_test}
     rows = generate(sum(counts.values()), seed=seed, **generator_settings)
-    data_dir = pathlib.Path(data_dir)
+    data_dir = as_path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     paths, start = {}, 0
     for split, count in counts.items():
         path = data_dir / f"{task}_{FILE_SPLITS[split]}.tsv"
         tmp = path.with_suffix(".tsv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f, delimiter="\t")
-            writer.writerow(["Source", "Target"])
-            writer.writerows(rows[start : start + count])
-        os.replace(tmp, path)  # No half-written split is ever mistaken for a finished one.
+        text = io.StringIO(newline="")
+        writer = csv.writer(text, delimiter="\t")
+        writer.writerow(["Source", "Target"])
+        writer.writerows(rows[start : start + count])
+        tmp.write_text(text.getvalue())
+        tmp.replace(path)  # No half-written split is ever mistaken for a finished one.
         paths[split] = path
         start += count
     return paths
@@ -229,9 +232,9 @@ def evaluate_tokens(tokens: Sequence[int] | np.ndarray) -> int:
 
 def read_tsv(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndarray]:
     """(token arrays (uint8), labels int32) of one LRA ListOps TSV (``Source\\tTarget`` header)."""
-    path = pathlib.Path(path)
+    path = as_path(path)
     tokens, labels = [], []
-    with open(path, newline="") as f:
+    with path.open("r") as f:
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         if header != ["Source", "Target"]:
@@ -303,7 +306,7 @@ class ListOps(ExampleSource):
                     np.asarray([t for _, t in part], np.int32),
                 )
             return
-        data_dir = pathlib.Path(data_dir).expanduser()
+        data_dir = as_path(data_dir)
         paths = {s: data_dir / f"{task}_{FILE_SPLITS[s]}.tsv" for s in self.splits}
         missing = [str(p) for p in paths.values() if not p.is_file()]
         if missing:

@@ -39,15 +39,17 @@ release has some; LRA filtered them); the splits are LRA's 80% / 10% / 10% cut i
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
-import pathlib
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
+from etils import epath
 
 from reformer_jax.data.examples import ExampleSource, split_sizes
+from reformer_jax.paths import as_path
 
 __all__ = [
     "DIFFICULTY",
@@ -282,7 +284,7 @@ def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(split.encode()), index]))
 
 
-def _write_file(root: pathlib.Path, cfg: Settings, seed: int, k: int, lo: int, hi: int) -> None:
+def _write_file(root: epath.Path, cfg: Settings, seed: int, k: int, lo: int, hi: int) -> None:
     """Images ``lo..hi-1`` into ``imgs/<k>/`` and their metadata file ``metadata/<k>.npy``."""
     from PIL import Image
 
@@ -291,7 +293,8 @@ def _write_file(root: pathlib.Path, cfg: Settings, seed: int, k: int, lo: int, h
     for j in range(lo, hi):
         ex = draw_example(example_rng(seed, "release", j), cfg, j % 2)
         name = f"sample_{j}.png"
-        Image.fromarray(ex.image, mode="L").save(root / "imgs" / str(k) / name)
+        with (root / "imgs" / str(k) / name).open("wb") as f:
+            Image.fromarray(ex.image, mode="L").save(f, format="PNG")
         lines.append(
             f"imgs/{k} {name} {j} {ex.label} {cfg.max_turn:.3f} {cfg.contour_length} "
             f"{cfg.distractor_length} {cfg.paddle_length} {cfg.thickness} {cfg.gap}\n"
@@ -308,14 +311,14 @@ def write_lra_folder(
     seed: int = 0,
     per_file: int = 1000,
     workers: int = 1,
-) -> pathlib.Path:
+) -> epath.Path:
     """Writes generated examples in LRA's release layout; returns the difficulty directory.
 
     Image ``j`` is example ``j`` of the generator's ``"release"`` split (label ``j % 2``), so the
     files do not depend on ``per_file`` or ``workers`` (processes drawing the files in parallel).
     """
     cfg = settings_for(resolution, difficulty)
-    root = pathlib.Path(out_dir) / f"pathfinder{resolution}" / LRA_DIRS[difficulty]
+    root = as_path(out_dir) / f"pathfinder{resolution}" / LRA_DIRS[difficulty]
     (root / "metadata").mkdir(parents=True, exist_ok=True)
     jobs = [
         (root, cfg, seed, k, k * per_file, min(num_examples, (k + 1) * per_file))
@@ -333,17 +336,17 @@ def write_lra_folder(
     return root
 
 
-def _metadata_rows(path: pathlib.Path) -> list[list[str]]:
+def _metadata_rows(path: epath.Path) -> list[list[str]]:
     raw = path.read_bytes()
     if raw.startswith(b"\x93NUMPY"):
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(io.BytesIO(raw), allow_pickle=False)
         return [[str(x) for x in row] for row in np.atleast_2d(arr)]
     return [line.split() for line in raw.decode("utf-8").splitlines() if line.strip()]
 
 
-def read_lra_folder(root: str | os.PathLike) -> tuple[list[pathlib.Path], np.ndarray]:
+def read_lra_folder(root: str | os.PathLike) -> tuple[list[epath.Path], np.ndarray]:
     """(image paths, labels) of one difficulty directory of LRA's release (module docstring)."""
-    root = pathlib.Path(root)
+    root = as_path(root)
     meta = root / "metadata"
     files = sorted(
         meta.glob("*.npy"),
@@ -356,7 +359,7 @@ def read_lra_folder(root: str | os.PathLike) -> tuple[list[pathlib.Path], np.nda
         for row in _metadata_rows(f):
             path = root / row[0] / row[1]
             try:
-                if path.stat().st_size == 0:
+                if path.stat().length == 0:
                     continue
             except FileNotFoundError:
                 continue
@@ -402,11 +405,11 @@ class Pathfinder(ExampleSource):
         self.generator_seed = int(generator_seed)
         self.cache_size = int(cache_size)
         self._cache: dict[tuple[str, int], np.ndarray] = {}
-        self._files: dict[str, tuple[Sequence[pathlib.Path], np.ndarray]] | None = None
+        self._files: dict[str, tuple[Sequence[epath.Path], np.ndarray]] | None = None
         if data_dir is None:
             self._sizes = {"train": num_train, "validation": num_validation, "test": num_test}
             return
-        data_dir = pathlib.Path(data_dir).expanduser()
+        data_dir = as_path(data_dir)
         root = data_dir
         if not (root / "metadata").is_dir():
             root = data_dir / f"pathfinder{resolution}" / LRA_DIRS[difficulty]
@@ -442,7 +445,7 @@ class Pathfinder(ExampleSource):
             else:
                 from PIL import Image
 
-                with Image.open(self._files[split][0][index]) as im:
+                with self._files[split][0][index].open("rb") as f, Image.open(f) as im:
                     img = np.asarray(im.convert("L"), np.uint8)
                 if img.shape != (self.resolution, self.resolution):
                     raise ValueError(
