@@ -28,6 +28,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -276,6 +277,7 @@ def _gib(n: float) -> str:
 
 def compile_program(name: str, lowered, hbm: int, args: Any, fsdp: int) -> dict[str, Any]:
     """Compiles ``lowered`` for the TPU; its per-chip memory, FLOPs and collectives."""
+    start = time.perf_counter()
     try:
         compiled = lowered.compile()
     except Exception as err:  # XLA's TPU compiler refuses programs over the chip's HBM
@@ -285,6 +287,7 @@ def compile_program(name: str, lowered, hbm: int, args: Any, fsdp: int) -> dict[
         error = DoesNotFit(_does_not_fit(name, message, None, hbm, args, fsdp))
         error.xla_message = message[:3000]
         raise error from None
+    seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()
     memory = {
         "argument_bytes": mem.argument_size_in_bytes,
@@ -313,6 +316,7 @@ def compile_program(name: str, lowered, hbm: int, args: Any, fsdp: int) -> dict[
         "xla_cost_analysis_flops": float(cost.get("flops", 0.0)) if cost else None,
         "collectives": hlo["collectives"],
         "loops_without_trip_count": hlo["loops_without_trip_count"],
+        "compile_seconds": seconds,
     }
 
 
@@ -445,9 +449,12 @@ def run(
         "programs": {},
         "compiled_not_run": True,
     }
+    start = time.perf_counter()
     with jax.set_mesh(mesh):  # the layers' activation sharding constraints read it
         lowered = parts.step.lower(*args)
+    lower_seconds = time.perf_counter() - start
     train = compile_program("train_step", lowered, hbm, args, axes[shd.FSDP])
+    train["lower_seconds"] = lower_seconds
     flops = model_flops(model_cfg, parts.abstract_params, config.batch_size, config.seq_len)
     train["model_flops_per_chip"] = flops / len(devices)
     step_time = train["model_flops_per_chip"] / (peak * mfu)
@@ -457,8 +464,10 @@ def run(
     if decode and model_cfg.causal and model_cfg.residual == "reversible":
         batch = decode_batch or config.batch_size
         plen = prompt_len or config.seq_len // 2
+        start = time.perf_counter()
         with jax.set_mesh(mesh):
             programs = _decode_programs(model_cfg, mesh, batch, plen, config.seq_len)
+        report["decode_lower_seconds"] = time.perf_counter() - start
         for name, lowered, dargs in programs:
             out = compile_program(name, lowered, hbm, dargs, axes[shd.FSDP])
             out["batch"], out["prompt_len"], out["max_length"] = batch, plen, config.seq_len

@@ -30,25 +30,34 @@ def row(record: dict[str, Any]) -> str:
     command = f"`{record['command']}`"
     if "error" in record:
         cells = [config, record["topology"], mesh, f"does not fit: {record['error']}"]
-        return "| " + " | ".join([*cells, "", "", "", "", command]) + " |"
+        return "| " + " | ".join([*cells, "", "", "", "", "", command]) + " |"
     train = record["programs"]["train_step"]
     m = train["memory"]
     memory = (
         f"{_gib(m['total_bytes'])} of {_gib(m['hbm_bytes'])} (args {_gib(m['argument_bytes'])},"
         f" temp {_gib(m['temp_bytes'])})"
     )
+    batch = f"{record['batch_size']} x {record['seq_len']}"
+    if record.get("grad_accum_steps", 1) > 1:
+        batch += f" ({record['grad_accum_steps']} micro-batches)"
+    decode = "not compiled"
+    if "decode_step" in record["programs"]:
+        prefill, step = record["programs"]["prefill"], record["programs"]["decode_step"]
+        decode = (
+            f"prefill {_gib(prefill['memory']['total_bytes'])} ({prefill['batch']} x "
+            f"{prefill['prompt_len']}), step {_gib(step['memory']['total_bytes'])}"
+        )
     return (
         f"| {config} | {record['topology']} ({record['chips']} chips) | {mesh} "
         f"| {memory} | {train['model_flops_per_chip'] / 1e12:.1f} | {_collectives(train)} "
-        f"| {train['projected_tokens_per_second']:,.0f} | {record['batch_size']} x "
-        f"{record['seq_len']} | {command} |"
+        f"| {train['projected_tokens_per_second']:,.0f} | {batch} | {decode} | {command} |"
     )
 
 
 HEADER = (
     "| config | topology | mesh (data x fsdp x model) | per-chip memory, GiB | model TFLOP per "
     "chip per step | collectives per chip (in the HLO) | projected tokens/s | batch x length "
-    "| command |\n|---|---|---|---|---|---|---|---|---|"
+    "| decoding, GiB per chip | command |\n|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

@@ -8,6 +8,7 @@ from flax import nnx
 
 from reformer_jax.config import ReformerConfig
 from reformer_jax.kernels.masking import dropout
+from reformer_jax.train import sharding as shd
 
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu}
 
@@ -17,7 +18,8 @@ class FeedForward(nnx.Module):
 
     With ``ff_chunk_size > 0`` the ``batch * length`` rows are processed in chunks under a
     ``lax.map`` of a rematerialised function, so forward and backward each hold the d_ff
-    activations of one chunk only.
+    activations of one chunk only. On a mesh (``jax.set_mesh``) each batch shard chunks its
+    own rows (`reformer_jax.train.sharding.per_batch_shard`).
     """
 
     def __init__(self, cfg: ReformerConfig, *, rngs: nnx.Rngs):
@@ -61,24 +63,32 @@ class FeedForward(nnx.Module):
 
     def __call__(self, x_BLD: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
         b, length, d = x_BLD.shape
-        rows = x_BLD.reshape(b * length, d)
         chunk = self.cfg.ff_chunk_size
-        if chunk <= 0 or chunk >= rows.shape[0]:
+        if chunk <= 0 or chunk >= b * length:
+            rows = x_BLD.reshape(b * length, d)
             return self._rows(rows, dropout_key).reshape(b, length, d).astype(x_BLD.dtype)
-        n_rows = rows.shape[0]
-        padded = jnp.pad(rows, ((0, (-n_rows) % chunk), (0, 0)))
-        n_chunks = padded.shape[0] // chunk
         graphdef, state = nnx.split(self)
 
         @jax.checkpoint
-        def one_chunk(state, x, index):
+        def one_chunk(state, x, index, key):
             module = nnx.merge(graphdef, state)
-            key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+            key = None if key is None else jax.random.fold_in(key, index)
             return module._rows(x, key)
 
-        out = jax.lax.map(
-            lambda args: one_chunk(state, *args),
-            (padded.reshape(n_chunks, chunk, d), jnp.arange(n_chunks)),
-        )
-        out = out.reshape(-1, d)[:n_rows]
-        return out.reshape(b, length, d).astype(x_BLD.dtype)
+        def chunked(batched, state, key):
+            (x,) = batched
+            b, length, d = x.shape
+            rows = x.reshape(b * length, d)
+            n_rows = rows.shape[0]
+            padded = jnp.pad(rows, ((0, (-n_rows) % chunk), (0, 0)))
+            n_chunks = padded.shape[0] // chunk
+            out = jax.lax.map(
+                lambda args: one_chunk(state, *args, key),
+                (padded.reshape(n_chunks, chunk, d), jnp.arange(n_chunks)),
+            )
+            return out.reshape(-1, d)[:n_rows].reshape(b, length, d)
+
+        # On a mesh each batch shard loops over its own rows: a loop over rows split across
+        # chips would be compiled as an all-gather of every row onto every chip.
+        out = shd.per_batch_shard(chunked, (x_BLD,), state, dropout_key)
+        return out.astype(x_BLD.dtype)

@@ -109,8 +109,8 @@ def _sharded_loss_and_grads(cfg, tokens, mesh_shape, mask=None):
 
 @pytest.mark.parametrize("residual", ["reversible", "standard"])
 def test_constrained_model_has_one_devices_loss_and_gradients(x64, residual):
-    """Catches a per-shard attention kernel that sees the wrong rows (a mask or bucket replay
-    not split with its queries), a shared parameter (Linformer's projection) whose gradient is
+    """Catches a per-shard attention kernel or feed-forward chunk loop that sees the wrong rows
+    (a mask or bucket replay not split with its queries), a shared parameter (Linformer's projection) whose gradient is
     one shard's instead of the sum over shards, or a constraint that changes values; float64,
     so only summation order differs."""
     cfg = tiny_config(
@@ -121,6 +121,7 @@ def test_constrained_model_has_one_devices_loss_and_gradients(x64, residual):
         linformer_sharing="layer",
         max_len=32,
         residual=residual,
+        ff_chunk_size=48,  # chunks straddle rows, and the padded tail
         dtype="float64",
         param_dtype="float64",
     )
@@ -175,6 +176,7 @@ def _compiled_lsh_step(mesh_shape):
             local_chunk_len=16,
             pos_embedding="learned",
             max_len=256,
+            ff_chunk_size=128,  # the chunk loop, like the attention kernels', per batch shard
         )
     )
     config = complete_config(config, train_defaults=base_config())
