@@ -7,6 +7,7 @@ module and one line here.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -38,6 +39,7 @@ __all__ = [
     "SelfAttention",
     "attend",
     "get_kind",
+    "kind_fields",
     "kinds_of",
     "layer_rotations",
     "lsh_n_buckets",
@@ -52,6 +54,20 @@ def get_kind(kind: str | AttentionKind) -> AttentionKind:
         return KINDS[kind]
     except (KeyError, TypeError):
         raise ValueError(f"unknown attention kind {kind!r}; use one of {list(KINDS)}") from None
+
+
+def kind_fields(kind: str | AttentionKind) -> tuple[str, ...]:
+    """The `ReformerConfig` fields that configure ``kind``, in the config's order: its
+    ``<name>_*`` fields (less any another kind claims in its ``also_reads``, e.g. LSH's
+    ``full_attention_below`` is not a setting of ``full``) and its own ``also_reads``."""
+    kind = get_kind(kind)
+    claimed = {f for other in KINDS.values() if other.name != kind.name for f in other.also_reads}
+    names = [f.name for f in dataclasses.fields(ReformerConfig)]
+    return tuple(
+        n
+        for n in names
+        if n in kind.also_reads or (n.startswith(f"{kind.name}_") and n not in claimed)
+    )
 
 
 def kinds_of(cfg: ReformerConfig) -> list[AttentionKind]:

@@ -39,6 +39,10 @@ class AttentionKind:
     name: ClassVar[str] = ""
     #: One projection serves as queries and keys (``q`` is the shared query/key, ``k`` None).
     shared_qk: ClassVar[bool] = False
+    #: Config fields this kind reads beyond its own ``<name>_*`` ones (see
+    #: :func:`reformer_jax.layers.attention.kind_fields`); a field listed here belongs to this
+    #: kind even when its name starts with another kind's prefix.
+    also_reads: ClassVar[tuple[str, ...]] = ()
 
     # -- configuration -------------------------------------------------------------------------
     def validate(self, cfg: ReformerConfig, used: bool, fail: Fail) -> None:

@@ -40,6 +40,7 @@ class LSH(AttentionKind):
 
     name: ClassVar[str] = "lsh"
     shared_qk: ClassVar[bool] = True
+    also_reads: ClassVar[tuple[str, ...]] = ("full_attention_below",)
 
     def validate(self, cfg: ReformerConfig, used: bool, fail: Fail) -> None:
         nb = cfg.lsh_n_buckets
