@@ -1,6 +1,7 @@
 """Long Range Arena: every attention family through the same tasks, beside LRA's tables.
 
     python -m bench.lra [--preset cpu|lra] [--families a,b] [--tasks listops,pathfinder]
+                        [--set FIELD=VALUE ...]   # a model field for every family (diagnostics)
     python -m bench.lra --dashboard --from-json bench/results/lra.json [--out-dir docs]
 
 **The harness** (no ``--dashboard``) trains and evaluates every attention family x every task
@@ -1558,6 +1559,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated speed lengths, in this order (default: the preset's)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a model field of the preset for every family and task (a JSON value, "
+        "e.g. hash_seed=0); recorded in the results' settings",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default="runs/lra-data", help="generated data and datasets")
     parser.add_argument("--workdir", default=None, help="parent of the temporary run directories")
@@ -1574,6 +1583,20 @@ def _parser() -> argparse.ArgumentParser:
         help="merge results files of one preset (e.g. parallel runs) into --out; no training",
     )
     return parser
+
+
+def _model_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["hash_seed=0", ...]`` -> ``{"hash_seed": 0}`` (values parsed as JSON, else strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            raise SystemExit(f"error: --set {item!r}: use FIELD=VALUE, e.g. --set hash_seed=0")
+        try:
+            out[field] = json.loads(value)
+        except json.JSONDecodeError:
+            out[field] = value
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1603,6 +1626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_xla()
     split = lambda s: None if s is None else [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     preset = PRESETS[args.preset]
+    if args.set:
+        preset = dataclasses.replace(preset, model={**preset.model, **_model_overrides(args.set)})
     if args.lengths:
         preset = dataclasses.replace(
             preset, speed_lengths=tuple(int(n) for n in split(args.lengths))

@@ -213,3 +213,14 @@ def test_family_settings_are_the_kinds_own_fields():
     assert lra.family_settings("full", cfg) == {"full_dropout": 0.0}
     lsh = lra.family_settings("lsh", cfg)
     assert lsh["full_attention_below"] == 0 and "lsh_n_hashes" in lsh
+
+
+def test_set_overrides_parse_json_values():
+    """Catches: --set values kept as strings (hash_seed="0" would fail the config's int check)
+    or a malformed item silently ignored."""
+    assert lra._model_overrides(["hash_seed=0", "sparse_pattern=longformer"]) == {
+        "hash_seed": 0,
+        "sparse_pattern": "longformer",
+    }
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        lra._model_overrides(["hash_seed"])
