@@ -1435,11 +1435,12 @@ def run_harness(
 
     if accuracy:
         for task in tasks:
-            for family in unusable:
-                add_accuracy(results, family, task, status=NOT_APPLICABLE, note=unusable[family])
             if task not in preset.tasks:
                 for family in families:
                     if family in unusable:
+                        add_accuracy(
+                            results, family, task, status=NOT_APPLICABLE, note=unusable[family]
+                        )
                         continue
                     add_accuracy(
                         results,
@@ -1454,6 +1455,9 @@ def run_harness(
             _, missing = prepare_task(preset, task, data_dir)
             for family in families:
                 if family in unusable:
+                    add_accuracy(
+                        results, family, task, status=NOT_APPLICABLE, note=unusable[family]
+                    )
                     continue
                 if missing is not None:
                     add_accuracy(results, family, task, status="data not present", note=missing)
