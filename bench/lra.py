@@ -761,6 +761,32 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _html_inline(text: str) -> str:
+    """Escaped text with markdown's ``**bold**`` and backtick code spans (the reading's markup)."""
+    out = []
+    for i, part in enumerate(html.escape(text).split("`")):
+        if i % 2:
+            out.append(f"<code>{part}</code>")
+        else:
+            bold = part.split("**")
+            out.append("".join(f"<b>{b}</b>" if j % 2 else b for j, b in enumerate(bold)))
+    return "".join(out)
+
+
+def _html_paragraph(para: str) -> str:
+    """A paragraph of the markdown reading: a pipe table becomes a table, anything else a <p>."""
+    lines = [line.strip() for line in para.strip().splitlines()]
+    if len(lines) >= 2 and all(line.startswith("|") for line in lines):
+        cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+        body = [r for r in cells[1:] if not all(set(c) <= set("-: ") for c in r)]
+        head = "".join(f"<th>{_html_inline(c)}</th>" for c in cells[0])
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{_html_inline(c)}</td>" for c in r) + "</tr>" for r in body
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f"<p>{_html_inline(para)}</p>"
+
+
 def render_html(results: dict, plots: dict[str, bytes]) -> str:
     """A self-contained page: inline CSS and JS, plots as base64 data URIs, no external asset."""
     e = html.escape
@@ -793,7 +819,7 @@ def render_html(results: dict, plots: dict[str, bytes]) -> str:
     if results.get("notes"):
         parts.append("<h2>Reading</h2>")
         for para in results["notes"].strip().split("\n\n"):
-            parts.append(f"<p>{e(para)}</p>")
+            parts.append(_html_paragraph(para))
     parts += [f"<script>{_SORT_JS}</script>", "</body></html>"]
     return "\n".join(parts)
 
