@@ -50,8 +50,8 @@ def pad_to_multiple(x: jax.Array, multiple: int, axis: int, value: float | int =
     return jnp.pad(x, widths, constant_values=value)
 
 
-# Elements per piece of a large dropout mask (see `dropout`): 16 MiB of 32-bit words.
-DROPOUT_PIECE = 2**22
+# Elements per piece of a large dropout mask (see `dropout`): 4 MiB of 32-bit words.
+DROPOUT_PIECE = 2**20
 
 
 def dropout(
