@@ -90,7 +90,7 @@ def attend(
 ) -> tuple[jax.Array, Any]:
     """Runs the kernel of ``kind`` on ``[batch, heads, length, d_head]`` arrays.
 
-    Returns the output and the kind's replay (e.g. LSH bucket ids; see
+    Returns the output and the kind's replay (e.g. LSH's bucket order; see
     :meth:`AttentionKind.attend`).
     """
     return get_kind(kind).attend(
@@ -176,7 +176,7 @@ class SelfAttention(nnx.Module):
         memory_BMD: jax.Array | None = None,
         memory_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, Any]:
-        """Returns the branch output and the kind's replay (LSH bucket ids; None for most).
+        """Returns the branch output and the kind's replay (LSH's bucket order; None for most).
 
         ``dropout_key`` None means deterministic (no dropout). ``draws`` is what the kind's
         ``draw`` returned (LSH: the rotations of :func:`layer_rotations`); ``replay`` what an

@@ -3,7 +3,7 @@
 A kind tells the attention layer which projections to create (shared query/key or not, extra
 parameters such as Linformer's length projections), tells the model what per-call randomness to
 draw (``draw``: LSH rotations, Performer features), runs its kernel (``attend``, returning what
-a reversible backward pass must reuse: ``replay``, e.g. LSH bucket ids) and owns its decoding
+a reversible backward pass must reuse: ``replay``, e.g. LSH's bucket order) and owns its decoding
 cache (``decode_check`` / ``prefill`` / ``step``, implemented in :mod:`reformer_jax.decoding`).
 
 Kinds carry no fields: every setting is a flat, prefixed field of
