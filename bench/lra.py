@@ -1,6 +1,7 @@
 """Long Range Arena: every attention family through the same tasks, beside LRA's tables.
 
     python -m bench.lra [--preset cpu|lra] [--families a,b] [--tasks listops,pathfinder]
+                        [--set FIELD=VALUE ...]   # a model field for every family (diagnostics)
     python -m bench.lra --dashboard --from-json bench/results/lra.json [--out-dir docs]
 
 **The harness** (no ``--dashboard``) trains and evaluates every attention family x every task
@@ -24,7 +25,10 @@ Tasks whose data is absent (Text: TFDS ``imdb_reviews`` in ``<data-dir>/tfds`` o
 ``aclImdb_v1.tar.gz`` in ``<data-dir>/manual``; Retrieval: LRA's ``tsv_data`` in
 ``<data-dir>/lra_release/tsv_data``; Image: TFDS ``cifar10`` or the archive in
 ``<data-dir>/manual``; Path-X: LRA's folder in ``<data-dir>/lra_release``) get "data not present"
-rows saying what to place where; tasks outside the preset get "not run".
+rows saying what to place where; tasks outside the preset get "not run". A family whose kind
+cannot build the bidirectional encoder at all (the config refuses ``causal=False``: e.g. the
+causal-only Transformer-XL ``relative`` kind) gets "not applicable" rows carrying the config's
+reason, and the dashboard prints that reason under each table.
 
 Speed and memory (LRA Table 2): the byte-level text classifier (the preset's speed model, CLS
 pooling, vocabulary 257 bytes + CLS) at 1K, 2K, 3K, 4K, 16K and 64K tokens; one training step
@@ -65,7 +69,8 @@ not run shows "-" in the LRA cells.
   },
   "accuracy": [                # one row per (family, task)
     {"family": "lsh", "task": "listops",   # task: one of TASKS' keys
-     "status": "ok",           # "ok" | "not run" | "data not present" | "failed" | "out of memory"
+     "status": "ok",           # "ok" | "not run" | "data not present" | "failed" |
+                               # "out of memory" | "not applicable" (note: why)
      "test_accuracy": 0.371,   # fraction in [0, 1]: test split, best-validation checkpoint
      "validation_accuracy": 0.380,      # that checkpoint's validation accuracy
      "steps": 5000, "best_step": 4500, "seed": 0,
@@ -75,7 +80,7 @@ not run shows "-" in the LRA cells.
   "speed": [                   # one row per (family, length): LRA Table 2 protocol (byte-level
     {"family": "lsh",          # text classifier, training steps; batch in the row)
      "length": 4096, "batch_size": 32,
-     "status": "ok",           # "ok" | "out of memory" | "not run" | "failed"
+     "status": "ok",           # "ok" | "out of memory" | "not run" | "failed" | "not applicable"
      "steps_per_s": 1.25,      # training steps per second (after compilation)
      "peak_memory_bytes": 2.4e9,  # memory of the compiled training step (memory_analysis);
                                # also on "out of memory" / "not run" (memory only) rows
@@ -107,7 +112,8 @@ from typing import Any
 
 SCHEMA = "lra-results/1"
 REFERENCE_FAMILY = "full"
-STATUSES = ("ok", "not run", "data not present", "failed", "out of memory")
+NOT_APPLICABLE = "not applicable"
+STATUSES = ("ok", "not run", "data not present", "failed", "out of memory", NOT_APPLICABLE)
 
 #: Task key -> column title (LRA's order).
 TASKS: dict[str, str] = {
@@ -258,6 +264,19 @@ def families(results: dict) -> list[str]:
     for row in [*results.get("accuracy", []), *results.get("speed", [])]:
         seen.setdefault(row["family"], None)
     return list(seen)
+
+
+def not_applicable(results: dict) -> dict[str, str]:
+    """Family -> why it cannot run (the note of its first "not applicable" row)."""
+    reasons: dict[str, str] = {}
+    for row in [*results.get("accuracy", []), *results.get("speed", [])]:
+        if row.get("status") == NOT_APPLICABLE:
+            reasons.setdefault(row["family"], row.get("note") or "no reason recorded")
+    return reasons
+
+
+def _not_applicable_lines(results: dict) -> list[str]:
+    return [f"{family}: not applicable: {why}" for family, why in not_applicable(results).items()]
 
 
 def _pct(x: float | None) -> str:
@@ -696,6 +715,8 @@ def render_markdown(results: dict, plot_files: dict[str, str]) -> str:
         header, rows = tables[key]
         out += [f"## {title}", "", caption, ""]
         out += [_md_table(header, rows) if rows else "No results.", ""]
+        if rows and key != "details":
+            out += [f"- {line}" for line in _not_applicable_lines(results)] + [""]
     for name, file in plot_files.items():
         out += [f"## {_PLOT_TITLES[name]}", "", f"![{_PLOT_TITLES[name]}]({file})", ""]
     if results.get("notes"):
@@ -740,6 +761,32 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _html_inline(text: str) -> str:
+    """Escaped text with markdown's ``**bold**`` and backtick code spans (the reading's markup)."""
+    out = []
+    for i, part in enumerate(html.escape(text).split("`")):
+        if i % 2:
+            out.append(f"<code>{part}</code>")
+        else:
+            bold = part.split("**")
+            out.append("".join(f"<b>{b}</b>" if j % 2 else b for j, b in enumerate(bold)))
+    return "".join(out)
+
+
+def _html_paragraph(para: str) -> str:
+    """A paragraph of the markdown reading: a pipe table becomes a table, anything else a <p>."""
+    lines = [line.strip() for line in para.strip().splitlines()]
+    if len(lines) >= 2 and all(line.startswith("|") for line in lines):
+        cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+        body = [r for r in cells[1:] if not all(set(c) <= set("-: ") for c in r)]
+        head = "".join(f"<th>{_html_inline(c)}</th>" for c in cells[0])
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{_html_inline(c)}</td>" for c in r) + "</tr>" for r in body
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f"<p>{_html_inline(para)}</p>"
+
+
 def render_html(results: dict, plots: dict[str, bytes]) -> str:
     """A self-contained page: inline CSS and JS, plots as base64 data URIs, no external asset."""
     e = html.escape
@@ -760,6 +807,9 @@ def render_html(results: dict, plots: dict[str, bytes]) -> str:
         header, rows = tables[key]
         parts += [f"<h2>{e(title)}</h2>", f"<p>{e(caption)}</p>"]
         parts.append(_html_table(header, rows) if rows else "<p>No results.</p>")
+        lines = _not_applicable_lines(results) if rows and key != "details" else []
+        if lines:
+            parts.append("<ul>" + "".join(f"<li>{e(line)}</li>" for line in lines) + "</ul>")
     for name, png in plots.items():
         data = base64.b64encode(png).decode("ascii")
         parts += [
@@ -769,7 +819,7 @@ def render_html(results: dict, plots: dict[str, bytes]) -> str:
     if results.get("notes"):
         parts.append("<h2>Reading</h2>")
         for para in results["notes"].strip().split("\n\n"):
-            parts.append(f"<p>{e(para)}</p>")
+            parts.append(_html_paragraph(para))
     parts += [f"<script>{_SORT_JS}</script>", "</body></html>"]
     return "\n".join(parts)
 
@@ -873,26 +923,32 @@ def _listops(seq_len: int, lo: int, hi: int, n: tuple[int, int, int]) -> Callabl
     return data
 
 
-def _pathfinder(resolution: int, n_images: int) -> dict[str, Callable]:
+def _pathfinder(resolution: int, n_images: int, difficulty: str = "hard") -> dict[str, Callable]:
     """LRA's released folder under ``data_dir/lra_release`` if present, else a generated folder
-    of ``n_images`` (80 / 10 / 10 % splits, as LRA cuts its folders)."""
+    of ``n_images`` at ``difficulty`` (80 / 10 / 10 % splits, as LRA cuts its folders)."""
 
     def data(data_dir: Path) -> dict[str, Any]:
         release = data_dir / "lra_release"
         if (release / f"pathfinder{resolution}").is_dir():
-            return dict(resolution=resolution, data_dir=str(release))
-        return dict(resolution=resolution, data_dir=str(data_dir / f"pathfinder-gen-{n_images}"))
+            return dict(resolution=resolution, difficulty=difficulty, data_dir=str(release))
+        generated = data_dir / f"pathfinder-gen-{n_images}"
+        if difficulty != "hard":  # hard keeps its original folder name
+            generated = data_dir / f"pathfinder-gen-{difficulty}-{n_images}"
+        return dict(resolution=resolution, difficulty=difficulty, data_dir=str(generated))
 
     def prepare(data_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
         from reformer_jax.data import pathfinder
 
         root = Path(settings["data_dir"])
-        if "lra_release" in root.parts or (root / f"pathfinder{resolution}").is_dir():
+        if (
+            "lra_release" in root.parts
+            or (root / f"pathfinder{resolution}" / pathfinder.LRA_DIRS[difficulty]).is_dir()
+        ):
             return settings
         if resolution > 32:
             return settings  # Path-X is never generated by the harness (hours of drawing)
         # One process: forking after JAX has started threads can deadlock.
-        pathfinder.write_lra_folder(root, n_images, resolution=resolution)
+        pathfinder.write_lra_folder(root, n_images, resolution=resolution, difficulty=difficulty)
         return settings
 
     return dict(data=data, prepare=prepare)
@@ -918,18 +974,23 @@ _CPU_MODEL = dict(
     lsh_chunks_after=1,
 )
 
-#: The presets. ``cpu``: sized for this project's shared 2-core machine (whole run about 40
-#: minutes); ``lra``: LRA's published sizes (its configs in google-research/long-range-arena,
+#: The presets. ``cpu``: sized for this project's shared 2-core machine (whole run about an
+#: hour); ``lra``: LRA's published sizes (its configs in google-research/long-range-arena,
 #: per task), for an accelerator.
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         name="cpu",
         description=(
-            "2-layer pre-LN encoder, d_model 64, 2 heads of 32, d_ff 128; Adam 2e-3, 10% warm-up "
-            "then cosine; ListOps at lengths 50-250 (seq_len 256; LRA 500-2,000 / 2,000), batch "
-            "16, 150 steps; Pathfinder-32 hard (1,024 pixels), batch 8, 50 steps; speed: the "
-            "same encoder as a byte-level classifier, batch 2. Sized for a shared 2-core CPU "
-            "(about 40 minutes for six families): far too short to learn Pathfinder"
+            "2-layer pre-LN encoder, d_model 64, 2 heads of 32, d_ff 128 (about 0.1 M parameters); "
+            "Adam 2e-3, 10% warm-up then cosine. ListOps: LRA's generator settings but lengths "
+            "50-250 (seq_len 256; LRA 500-2,000 at seq_len 2,000), 10,000 / 1,000 / 1,000 "
+            "examples (LRA 96,000 / 2,000 / 2,000), batch 16, 600 steps (LRA 5,000 of 32). "
+            "Pathfinder-32 hard (LRA's setting, 1,024 pixels), 4,000 generated images (3,200 / "
+            "400 / 400; LRA 160,000 / 20,000 / 20,000), batch 16, 150 steps (LRA about 62,000 of "
+            "512). Speed: the same encoder as a byte-level classifier, batch 2. Sized for a shared "
+            "2-core CPU (about an hour for every family): enough for ListOps to leave the majority "
+            "class, far too short to learn Pathfinder (pilots: full attention stays at chance "
+            "after 3,200 images of the easy setting too)"
         ),
         model=_CPU_MODEL,
         train=dict(learning_rate=2e-3, schedule="cosine", eval_batch_size=100),
@@ -937,18 +998,18 @@ PRESETS: dict[str, Preset] = {
             "listops": TaskSpec(
                 "listops",
                 256,
-                _listops(256, 50, 250, (2000, 200, 200)),
+                _listops(256, 50, 250, (10_000, 1_000, 1_000)),
                 pooling="cls",
-                train=dict(batch_size=16, num_steps=150, warmup_steps=15, eval_every=50),
-                describe="generated (seed 0), lengths 50-250, 2,000 / 200 / 200 examples",
+                train=dict(batch_size=16, num_steps=600, warmup_steps=60, eval_every=100),
+                describe="generated (seed 0), lengths 50-250, 10,000 / 1,000 / 1,000 examples",
             ),
             "pathfinder": TaskSpec(
                 "pathfinder",
                 1024,
-                **_pathfinder(32, 1000),
+                **_pathfinder(32, 4000),
                 pooling="mean",  # LRA's choice for Pathfinder
-                train=dict(batch_size=8, num_steps=50, warmup_steps=5, eval_every=25),
-                describe="generated 32x32 hard, 1,000 images: 800 / 100 / 100",
+                train=dict(batch_size=16, num_steps=150, warmup_steps=15, eval_every=50),
+                describe="generated 32x32 hard, 4,000 images: 3,200 / 400 / 400",
             ),
             "text": TaskSpec("imdb", 1024, _tfds("imdb"), describe="IMDb bytes, 1K"),
             "retrieval": TaskSpec(
@@ -1084,8 +1145,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def family_settings(family: str, model_cfg: Any) -> dict[str, Any]:
-    """The family's own (``<family>_``-prefixed) config fields: what differs between families."""
-    return {k: _jsonable(v) for k, v in model_cfg.to_dict().items() if k.startswith(f"{family}_")}
+    """The family's own config fields (`reformer_jax.layers.attention.kind_fields`: its
+    ``<family>_*`` fields and those its kind declares it reads): what differs between families."""
+    from reformer_jax.layers.attention import kind_fields
+
+    values = model_cfg.to_dict()
+    return {k: _jsonable(values[k]) for k in kind_fields(family)}
 
 
 def _encoder_settings(preset: Preset, task: str | None) -> dict[str, Any]:
@@ -1285,6 +1350,15 @@ def measure_speed(
     return dict(row, status="ok")
 
 
+def _why(error: BaseException) -> str:
+    """The problem of a config error ``model.<setting>: <problem>; <fix>`` (the fix, which
+    advises changing what the harness fixed, is dropped); other errors whole."""
+    text = str(error)
+    if text.startswith("model.") and ": " in text:
+        text = text.split(": ", 1)[1].rsplit("; ", 1)[0]
+    return text
+
+
 def _status_of(error: BaseException) -> str:
     text = str(error).lower()
     return "out of memory" if "out of memory" in text or "resource_exhausted" in text else "failed"
@@ -1365,8 +1439,8 @@ def run_harness(
         if previous.get("notes"):
             results["notes"] = previous["notes"]
     records = results.setdefault("families", {})
-    # Kinds that cannot run in a bidirectional encoder (e.g. causal-only ones) get "not run" rows
-    # that say why, instead of stopping the run.
+    # Kinds whose config refuses a bidirectional encoder (e.g. causal-only ones) get "not
+    # applicable" rows that say why, instead of stopping the run.
     unusable: dict[str, str] = {}
     for family in families:
         model = dict(
@@ -1378,7 +1452,7 @@ def run_harness(
         try:
             own = family_settings(family, ReformerConfig.from_dict(model))
         except ValueError as error:
-            unusable[family] = f"not usable in a bidirectional encoder: {error}"
+            unusable[family] = f"cannot build a bidirectional (causal=False) encoder: {_why(error)}"
             own = {}
         records[family] = {"lra_model": lra_model_for(family, own), "settings": own}
 
@@ -1389,6 +1463,11 @@ def run_harness(
         for task in tasks:
             if task not in preset.tasks:
                 for family in families:
+                    if family in unusable:
+                        add_accuracy(
+                            results, family, task, status=NOT_APPLICABLE, note=unusable[family]
+                        )
+                        continue
                     add_accuracy(
                         results,
                         family,
@@ -1402,7 +1481,9 @@ def run_harness(
             _, missing = prepare_task(preset, task, data_dir)
             for family in families:
                 if family in unusable:
-                    add_accuracy(results, family, task, status="not run", note=unusable[family])
+                    add_accuracy(
+                        results, family, task, status=NOT_APPLICABLE, note=unusable[family]
+                    )
                     continue
                 if missing is not None:
                     add_accuracy(results, family, task, status="data not present", note=missing)
@@ -1426,12 +1507,12 @@ def run_harness(
     if speed:
         for length in preset.speed_lengths:
             for family in families:
+                if family in unusable:
+                    add_speed(results, family, length, status=NOT_APPLICABLE, note=unusable[family])
+                    continue
                 if resume and any(
                     r["family"] == family and r["length"] == length for r in results["speed"]
                 ):
-                    continue
-                if family in unusable:
-                    add_speed(results, family, length, status="not run", note=unusable[family])
                     continue
                 log(f"[lra] speed {family} at {length}")
                 try:
@@ -1508,6 +1589,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated speed lengths, in this order (default: the preset's)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a model field of the preset for every family and task (a JSON value, "
+        "e.g. hash_seed=0); recorded in the results' settings",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default="runs/lra-data", help="generated data and datasets")
     parser.add_argument("--workdir", default=None, help="parent of the temporary run directories")
@@ -1524,6 +1613,20 @@ def _parser() -> argparse.ArgumentParser:
         help="merge results files of one preset (e.g. parallel runs) into --out; no training",
     )
     return parser
+
+
+def _model_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["hash_seed=0", ...]`` -> ``{"hash_seed": 0}`` (values parsed as JSON, else strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            raise SystemExit(f"error: --set {item!r}: use FIELD=VALUE, e.g. --set hash_seed=0")
+        try:
+            out[field] = json.loads(value)
+        except json.JSONDecodeError:
+            out[field] = value
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1553,6 +1656,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_xla()
     split = lambda s: None if s is None else [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     preset = PRESETS[args.preset]
+    if args.set:
+        preset = dataclasses.replace(preset, model={**preset.model, **_model_overrides(args.set)})
     if args.lengths:
         preset = dataclasses.replace(
             preset, speed_lengths=tuple(int(n) for n in split(args.lengths))

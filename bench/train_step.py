@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ff-chunk", type=int, default=0, help="feed-forward rows per chunk")
     parser.add_argument("--ordinary", action="store_true", help="activation-storing stack")
+    parser.add_argument("--dropout", type=float, default=0.0, help="every dropout rate")
+    parser.add_argument("--dtype", default="float32", help="compute dtype (parameters float32)")
     parser.add_argument("--profile", default="", help="write a jax.profiler trace here")
     parser.add_argument("--hlo-out", default="", help="write the compiled step's HLO text here")
     return parser.parse_args(argv)
@@ -71,6 +73,11 @@ def model_config(args: argparse.Namespace):
         axial_dims=(args.d // 2, args.d // 2),
         ff_chunk_size=args.ff_chunk,
         reversible=not args.ordinary,
+        hidden_dropout=args.dropout,
+        lsh_dropout=args.dropout,
+        local_dropout=args.dropout,
+        ff_dropout=args.dropout,
+        dtype=args.dtype,
     )
 
 

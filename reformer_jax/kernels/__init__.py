@@ -8,11 +8,13 @@ from reformer_jax.kernels.linformer import (
 )
 from reformer_jax.kernels.local import local_attention
 from reformer_jax.kernels.lsh import (
+    LSHOrder,
     auto_n_buckets,
     draw_rotations,
     hash_vectors,
     lsh_attention,
     rotation_columns,
+    sort_order,
     total_buckets,
     unit_keys,
 )
@@ -39,6 +41,7 @@ from reformer_jax.kernels.sparse import (
 
 __all__ = [
     "KeyPositions",
+    "LSHOrder",
     "PerformerState",
     "SparsePattern",
     "SparsePlan",
@@ -64,6 +67,7 @@ __all__ = [
     "performer_decode_step",
     "performer_prefill",
     "rotation_columns",
+    "sort_order",
     "total_buckets",
     "unit_keys",
 ]

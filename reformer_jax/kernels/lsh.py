@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -117,7 +118,7 @@ def hash_vectors(
     column, radix = 0, 1
     for factor in factors:
         part = rotated[..., column : column + factor // 2]
-        ids = jnp.argmax(jnp.concatenate([part, -part], axis=-1), axis=-1).astype(jnp.int32)
+        ids = _argmax_of_both_signs(part)
         buckets = buckets + radix * ids
         column += factor // 2
         radix *= factor
@@ -125,6 +126,59 @@ def hash_vectors(
     if mask is not None:
         buckets = jnp.where(mask[:, None, None, :].astype(bool), buckets, radix)
     return buckets
+
+
+def _argmax_of_both_signs(part: jax.Array) -> jax.Array:
+    """``argmax(concat([part, -part], -1), -1)`` as int32, without forming the concatenation.
+
+    The concatenation (and the negation) would be two more copies of the rotated vectors, the
+    largest temporaries of a long-sequence step (2 GiB + 1 GiB for the enwik8 model at 64K
+    tokens). Same ties as the concatenation: the first half wins an exact tie between the
+    largest value and the negated smallest, and within a half the first index wins.
+    """
+    half = part.shape[-1]
+    largest = jnp.max(part, axis=-1)
+    smallest = jnp.min(part, axis=-1)
+    first_half = jnp.argmax(part, axis=-1).astype(jnp.int32)
+    second_half = half + jnp.argmin(part, axis=-1).astype(jnp.int32)
+    # A NaN makes both halves' arg-reductions point at it; the concatenation finds it first.
+    in_first = (largest >= -smallest) | jnp.isnan(largest)
+    return jnp.where(in_first, first_half, second_half)
+
+
+class LSHOrder(NamedTuple):
+    """The bucket order of every hash round (what the reversible backward replays).
+
+    ``sorted_pos [batch, heads, n_hashes, padded_len]``: the position at each sorted slot of a
+    round (sorted by bucket, then position); ``rank``, same shape: the slot of each position
+    (the inverse permutation). ``padded_len`` is the length padded to a multiple of the chunk.
+    """
+
+    sorted_pos: jax.Array
+    rank: jax.Array
+
+
+def sort_order(buckets: jax.Array, chunk_len: int, n_buckets: NBuckets) -> LSHOrder:
+    """Sorts each round's positions by bucket (stable, so ties keep position order).
+
+    ``buckets [batch, heads, n_hashes, length]`` from :func:`hash_vectors`; the length is padded
+    to a multiple of ``chunk_len`` with the padding bucket (``total_buckets(n_buckets)``), which
+    sorts after every real one. Carries no gradient. Sorting each round on its own and laying
+    the rounds end to end gives the global (round, bucket, position) order without ever forming
+    the ``(round * n_buckets + bucket) * length + position`` keys, which overflow int32.
+    """
+    buckets = pad_to_multiple(
+        jax.lax.stop_gradient(buckets), chunk_len, axis=3, value=total_buckets(n_buckets)
+    )
+    sorted_pos = jnp.argsort(buckets, axis=-1, stable=True).astype(jnp.int32)
+    rank = jnp.put_along_axis(
+        jnp.zeros_like(sorted_pos),
+        sorted_pos,
+        jnp.broadcast_to(jnp.arange(buckets.shape[-1], dtype=jnp.int32), sorted_pos.shape),
+        axis=-1,
+        inplace=False,
+    )
+    return LSHOrder(sorted_pos, rank)
 
 
 def unit_keys(qk: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -150,6 +204,7 @@ def lsh_attention(
     dropout_key: jax.Array | None = None,
     attend_across_buckets: bool = True,
     buckets: jax.Array | None = None,
+    order: LSHOrder | None = None,
 ) -> jax.Array:
     """LSH self-attention with shared queries and keys.
 
@@ -173,6 +228,10 @@ def lsh_attention(
       buckets: optional precomputed ``hash_vectors(qk, rotations, n_buckets, mask)`` output
         ``[batch, heads, n_hashes, length]``; the backward of a reversible layer passes the
         forward's ids so that reconstruction drift cannot move a token to another bucket.
+      order: optional :func:`sort_order` of those buckets (``padded_len`` = length padded to a
+        multiple of ``chunk_len``): the reversible backward passes the forward's, so that it
+        neither hashes nor sorts again. ``buckets`` are then needed only with
+        ``attend_across_buckets=False``.
 
     Returns:
       ``[batch, heads, length, d_v]``. A token attends to itself only when no other key is
@@ -199,34 +258,33 @@ def lsh_attention(
             f"[{heads}, {qk.shape[-1]}, n_hashes, columns]"
         )
 
-    if buckets is None:
-        buckets = hash_vectors(qk, rotations, n_buckets, mask)
-    elif buckets.shape != (batch, heads, n_hashes, length):
+    if order is None or not attend_across_buckets:
+        if buckets is None:
+            buckets = hash_vectors(qk, rotations, n_buckets, mask)
+        elif buckets.shape != (batch, heads, n_hashes, length):
+            raise ValueError(
+                f"buckets must be [batch, heads, n_hashes, length] = "
+                f"{(batch, heads, n_hashes, length)}, got {buckets.shape}"
+            )
+    if order is None:
+        order = sort_order(buckets, chunk_len, n_buckets)
+    elif any(a.shape != (batch, heads, n_hashes, padded_len) for a in order):
         raise ValueError(
-            f"buckets must be [batch, heads, n_hashes, length] = "
-            f"{(batch, heads, n_hashes, length)}, got {buckets.shape}"
+            f"order must hold [batch, heads, n_hashes, padded length] = "
+            f"{(batch, heads, n_hashes, padded_len)} arrays (sort_order of the buckets), got "
+            f"{[a.shape for a in order]}"
         )
     valid = None
     if mask is not None or padded_len != length:
         valid = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
         valid = pad_to_multiple(valid, chunk_len, axis=1, value=False)
     pad_bucket = total_buckets(n_buckets)
-    buckets = pad_to_multiple(buckets, chunk_len, axis=3, value=pad_bucket)
     qk = pad_to_multiple(qk, chunk_len, axis=2)
     v = pad_to_multiple(v, chunk_len, axis=2)
 
-    # Sorting each round by bucket with a stable sort orders by (bucket, position); laying the
-    # rounds end to end then gives the global (round, bucket, position) order without ever
-    # forming the (round * n_buckets + bucket) * length + position keys, which overflow int32.
-    buckets = jax.lax.stop_gradient(buckets)
-    sorted_pos = jnp.argsort(buckets, axis=-1, stable=True).astype(jnp.int32)
-    rank_in_round = jnp.put_along_axis(
-        jnp.zeros_like(sorted_pos),
-        sorted_pos,
-        jnp.broadcast_to(jnp.arange(padded_len, dtype=jnp.int32), sorted_pos.shape),
-        axis=-1,
-        inplace=False,
-    )
+    # Each round sorted by (bucket, position), the rounds laid end to end: the global
+    # (round, bucket, position) order (see sort_order).
+    sorted_pos, rank_in_round = order
     round_start = (jnp.arange(n_hashes, dtype=jnp.int32) * padded_len)[:, None]
     # unsort[r * L + i]: where (round r, position i) sits in the sorted sequence; its inverse
     # maps a sorted slot back to (round, position). Both are permutations, so the gathers below
@@ -239,6 +297,7 @@ def lsh_attention(
     key_group = None
     if not attend_across_buckets:
         # Round-distinct ids, so keys reached from another round never count as the same bucket.
+        buckets = pad_to_multiple(jax.lax.stop_gradient(buckets), chunk_len, 3, pad_bucket)
         key_group = _take(buckets.reshape(batch, heads, -1), sorted_slot)
         key_group = key_group + (sorted_slot // padded_len) * (pad_bucket + 1)
 

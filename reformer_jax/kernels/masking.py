@@ -8,9 +8,12 @@ score dtype for callers that keep scores in half precision.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.random import threefry2x32_p
 
 # Trax / Hugging Face values for float32: a masked key is effectively -inf, while attending to
 # oneself (-1e5) still beats any masked key, so self-attention only wins when nothing else is
@@ -47,16 +50,90 @@ def pad_to_multiple(x: jax.Array, multiple: int, axis: int, value: float | int =
     return jnp.pad(x, widths, constant_values=value)
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout with an explicit key; identity when ``rate == 0``."""
+# Elements per piece of a large dropout mask (see `dropout`): 4 MiB of 32-bit words.
+DROPOUT_PIECE = 2**20
+
+
+def dropout(
+    x: jax.Array, rate: float, key: jax.Array | None, *, piece: int = DROPOUT_PIECE
+) -> jax.Array:
+    """Inverted dropout with an explicit key; identity when ``rate == 0``.
+
+    The mask is ``jax.random.bernoulli(key, 1 - rate, x.shape)``, bit for bit. Above ``piece``
+    elements it is drawn piece by piece along the leading rows (:func:`keep_mask_rows`): XLA's
+    CPU lowering of the Threefry hash loops over its rounds and so materialises several
+    mask-sized 32-bit arrays at once (about 1.2 GiB for one ``[65536, 768]`` mask, the largest
+    temporaries of the enwik8 step at 64K tokens), where a piece keeps them at a few MiB.
+    """
     if rate == 0.0:
         return x
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {rate}")
     if key is None:
         raise ValueError("dropout_rate > 0 needs an explicit dropout_key (a jax.random key)")
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+    # Pieces of whole rows of the last axis (a 1-d array is one column).
+    rows_shape = (math.prod(x.shape[:-1]), x.shape[-1]) if x.ndim > 1 else (x.size, 1)
+    rows = _piece_rows(rows_shape, piece) if _threefry_bits(key) else None
+    if rows is None:
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+    n_rows, row_size = rows_shape
+    # Only the mask is drawn in the loop (one byte per element); applying it outside lets XLA
+    # fuse the select with x's producer as for a one-piece mask.
+    starts = jnp.arange(0, n_rows, rows, dtype=jnp.uint32) * jnp.uint32(row_size)
+    keep = jax.lax.map(
+        lambda start: keep_mask_rows(key, 1.0 - rate, start, (rows, row_size)), starts
+    )
+    return jnp.where(keep.reshape(x.shape), x / (1.0 - rate), jnp.zeros((), x.dtype))
+
+
+def _threefry_bits(key: jax.Array) -> bool:
+    """Whether ``bernoulli(key, ...)`` draws the float32 Threefry masks :func:`keep_mask_rows`
+    reproduces (64-bit mode draws float64 uniforms; other generators differ): otherwise the
+    mask is drawn in one piece."""
+    impl = str(jax.random.key_impl(key)) if _typed_key(key) else jax.config.jax_default_prng_impl
+    return (
+        impl == "threefry2x32"
+        and jax.config.jax_threefry_partitionable
+        and not jax.config.jax_enable_x64
+    )
+
+
+def _typed_key(key: jax.Array) -> bool:
+    return jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def _piece_rows(shape: tuple[int, ...], piece: int) -> int | None:
+    """Rows per piece of a ``(rows, row_size)`` array: the largest divisor of ``rows`` within
+    ``piece`` elements, or None when one piece covers the array (or pieces would be too thin
+    to pay off)."""
+    if math.prod(shape) <= piece or math.prod(shape) >= 2**32:
+        return None
+    n_rows, row_size = shape
+    most = min(n_rows - 1, piece // max(row_size, 1))
+    least = max(1, -(-piece // (16 * max(row_size, 1))))
+    return next((d for d in range(most, least - 1, -1) if n_rows % d == 0), None)
+
+
+def keep_mask_rows(
+    key: jax.Array, p: float, offset: jax.Array | int, shape: tuple[int, ...]
+) -> jax.Array:
+    """Elements ``offset .. offset + prod(shape)`` (row-major) of ``bernoulli(key, p, full)``.
+
+    ``full`` is any shape with at least that many elements. With JAX's partitionable Threefry
+    bits (the default), element i of a draw is the Threefry-2x32 hash of the counter i under the
+    key, and ``bernoulli`` keeps it when the top 23 bits of ``hi ^ lo`` (the float32 uniform's
+    mantissa) fall below ``p * 2**23``; so any slice of a mask can be drawn alone. The test
+    compares it with ``jax.random.bernoulli`` bit for bit.
+    """
+    raw = jax.random.key_data(key) if _typed_key(key) else key
+    size = math.prod(shape)
+    counter = jnp.asarray(offset, jnp.uint32) + jax.lax.iota(jnp.uint32, size)
+    high = jnp.zeros_like(counter)  # masks stay below 2**32 elements
+    bits_a, bits_b = threefry2x32_p.bind(raw[0], raw[1], high, counter)
+    mantissa = jax.lax.shift_right_logical(bits_a ^ bits_b, jnp.uint32(32 - 23))
+    threshold = math.ceil(float(np.float32(p)) * 2**23)
+    return (mantissa < jnp.uint32(threshold)).reshape(shape)
 
 
 def check_qkv(name: str, *arrays: jax.Array) -> None:

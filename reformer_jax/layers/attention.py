@@ -7,6 +7,7 @@ module and one line here.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -39,6 +40,7 @@ __all__ = [
     "SelfAttention",
     "attend",
     "get_kind",
+    "kind_fields",
     "kinds_of",
     "layer_rotations",
     "lsh_n_buckets",
@@ -53,6 +55,20 @@ def get_kind(kind: str | AttentionKind) -> AttentionKind:
         return KINDS[kind]
     except (KeyError, TypeError):
         raise ValueError(f"unknown attention kind {kind!r}; use one of {list(KINDS)}") from None
+
+
+def kind_fields(kind: str | AttentionKind) -> tuple[str, ...]:
+    """The `ReformerConfig` fields that configure ``kind``, in the config's order: its
+    ``<name>_*`` fields (less any another kind claims in its ``also_reads``, e.g. LSH's
+    ``full_attention_below`` is not a setting of ``full``) and its own ``also_reads``."""
+    kind = get_kind(kind)
+    claimed = {f for other in KINDS.values() if other.name != kind.name for f in other.also_reads}
+    names = [f.name for f in dataclasses.fields(ReformerConfig)]
+    return tuple(
+        n
+        for n in names
+        if n in kind.also_reads or (n.startswith(f"{kind.name}_") and n not in claimed)
+    )
 
 
 def kinds_of(cfg: ReformerConfig) -> list[AttentionKind]:
@@ -75,7 +91,7 @@ def attend(
 ) -> tuple[jax.Array, Any]:
     """Runs the kernel of ``kind`` on ``[batch, heads, length, d_head]`` arrays.
 
-    Returns the output and the kind's replay (e.g. LSH bucket ids; see
+    Returns the output and the kind's replay (e.g. LSH's bucket order; see
     :meth:`AttentionKind.attend`).
     """
     return get_kind(kind).attend(
@@ -161,7 +177,7 @@ class SelfAttention(nnx.Module):
         memory_BMD: jax.Array | None = None,
         memory_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, Any]:
-        """Returns the branch output and the kind's replay (LSH bucket ids; None for most).
+        """Returns the branch output and the kind's replay (LSH's bucket order; None for most).
 
         ``dropout_key`` None means deterministic (no dropout). ``draws`` is what the kind's
         ``draw`` returned (LSH: the rotations of :func:`layer_rotations`); ``replay`` what an

@@ -2,7 +2,7 @@
 
 Two streams ``(x1, x2)``; each layer computes ``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)`` with F the
 attention branch and G the feed-forward branch. The forward pass keeps only the stack's input
-and output (plus each attention kind's *replay*, e.g. LSH bucket ids, O(L) integers); the
+and output (plus each attention kind's *replay*, e.g. LSH's bucket order, O(L) integers); the
 backward pass walks the layers in reverse, reconstructing each layer's input from its output
 (``x2 = y2 - G(y1)``, ``x1 = y1 - F(x2)``) while back-propagating through F and G with the same
 dropout keys, random draws (LSH rotations, Performer features) and replay. Activation memory

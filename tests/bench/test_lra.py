@@ -177,9 +177,10 @@ def test_merge_keeps_every_part_and_refuses_other_presets():
         lra.merge_results([a, c])
 
 
-def test_a_kind_that_cannot_encode_gets_not_run_rows(monkeypatch, tmp_path):
-    """Catches: a causal-only kind (its config refuses causal=False) crashing the whole harness
-    instead of getting rows that say why."""
+def test_a_kind_that_cannot_encode_gets_not_applicable_rows(monkeypatch, tmp_path):
+    """Catches: a causal-only kind (its config refuses causal=False) crashing the whole harness,
+    or shown as "not run" (as if a later run could fill it) instead of "not applicable" with the
+    config's reason, in the rows and under the dashboard's tables."""
 
     @dataclasses.dataclass(frozen=True)
     class _CausalOnly(Full):
@@ -193,6 +194,33 @@ def test_a_kind_that_cannot_encode_gets_not_run_rows(monkeypatch, tmp_path):
     results = lra.run_harness(
         _toy_preset(), tmp_path / "r.json", data_dir=tmp_path, log=lambda _: None
     )
-    assert {r["status"] for r in results["accuracy"]} == {"not run"}
+    rows = [*results["accuracy"], *results["speed"]]
+    assert {r["status"] for r in rows} == {"not applicable"}
     assert len(results["accuracy"]) == len(lra.TASKS) and len(results["speed"]) == 2
-    assert all("model.causal" in r["note"] for r in results["speed"])
+    assert all("causalonly layers are causal" in r["note"] for r in rows)
+    assert all("set model.causal=True" not in r["note"] for r in rows)  # the fix is not ours
+    md = lra.render_markdown(results, {})
+    assert "causalonly: not applicable: cannot build a bidirectional" in md
+    assert "not run" not in md
+
+
+def test_family_settings_are_the_kinds_own_fields():
+    """Catches: settings picked by name prefix alone, which credits full attention with LSH's
+    model-wide full_attention_below (and leaves it out of LSH's settings)."""
+    from reformer_jax.config import ReformerConfig
+
+    cfg = ReformerConfig(attention_pattern=("full",), causal=False)
+    assert lra.family_settings("full", cfg) == {"full_dropout": 0.0}
+    lsh = lra.family_settings("lsh", cfg)
+    assert lsh["full_attention_below"] == 0 and "lsh_n_hashes" in lsh
+
+
+def test_set_overrides_parse_json_values():
+    """Catches: --set values kept as strings (hash_seed="0" would fail the config's int check)
+    or a malformed item silently ignored."""
+    assert lra._model_overrides(["hash_seed=0", "sparse_pattern=longformer"]) == {
+        "hash_seed": 0,
+        "sparse_pattern": "longformer",
+    }
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        lra._model_overrides(["hash_seed"])

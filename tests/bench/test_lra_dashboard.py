@@ -51,7 +51,7 @@ def _results():
     lra.add_speed(r, "full", 16384, status="out of memory")
     for n, sps in ((1024, 4.0), (4096, 3.0), (16384, 1.5)):
         lra.add_speed(r, "lsh", n, steps_per_s=sps, peak_memory_bytes=GIB * n / 4096)
-    r["notes"] = "LSH is slower at 1K <and> faster at 4K."
+    r["notes"] = "LSH is slower at 1K <and> faster at 4K.\n\n| a | b |\n|---|---|\n| **x** | `y` |"
     return r
 
 
@@ -132,7 +132,8 @@ class _Parser(html.parser.HTMLParser):
 
 
 def test_render_files_self_contained(tmp_path):
-    """Catches external assets, broken nesting, unescaped notes, or plots missing from the md."""
+    """Catches external assets, broken nesting, unescaped notes, plots missing from the md, or
+    the reading's markdown table left as raw pipes in the page."""
     path = tmp_path / "lra.json"
     lra.save_results(_results(), path)
     assert (
@@ -149,8 +150,9 @@ def test_render_files_self_contained(tmp_path):
     parser.feed(page)
     parser.close()
     assert parser.external == [] and parser.stack == []
-    assert parser.imgs == 3 and parser.tables == 4
+    assert parser.imgs == 3 and parser.tables == 5  # four tables and the reading's
     assert "&lt;and&gt;" in page and "<td>37.12</td>" in page
+    assert "<td><b>x</b></td><td><code>y</code></td>" in page and "|---|" not in page
     assert "addEventListener('click'" in page
 
 

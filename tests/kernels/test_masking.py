@@ -40,6 +40,34 @@ def test_dropout_keeps_one_minus_rate_and_scales_by_its_inverse():
         dropout(x, RATE, None)
 
 
+@pytest.mark.parametrize(("shape", "piece"), [((64, 48), 256), ((30, 7, 5), 128), (999, 64)])
+def test_dropout_in_pieces_draws_bernoullis_mask_bit_for_bit(shape, piece):
+    """Catches a piecewise mask that is not ``jax.random.bernoulli``'s (every piece repeating the
+    first piece's counters, a threshold off by one, the wrong half of the hash): large masks
+    are drawn piece by piece, and must equal the one-piece draw exactly so that the reversible
+    backward, evaluation and old checkpoints see the same dropout."""
+    x = jnp.linspace(1.0, 2.0, int(np.prod(shape)), dtype=jnp.float32).reshape(shape)
+    for rate in (0.2, 0.37):
+        for key in (jax.random.key(3), jax.random.PRNGKey(4)):
+            keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+            expected = jnp.where(keep, x / (1.0 - rate), 0.0)
+            got = jax.jit(lambda x, k, rate=rate: dropout(x, rate, k, piece=piece))(x, key)
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_dropout_in_pieces_needs_less_memory():
+    """Catches large masks drawn in one piece again: XLA's CPU Threefry loop materialises
+    several mask-sized words at once (1.2 GiB for one 64K x 768 mask of the enwik8 step)."""
+    x = jax.ShapeDtypeStruct((4096, 256), jnp.float32)
+
+    def temp_bytes(piece):
+        grad = jax.grad(lambda x: jnp.sum(dropout(x, RATE, jax.random.key(0), piece=piece) ** 2))
+        return jax.jit(grad).lower(x).compile().memory_analysis().temp_size_in_bytes
+
+    x_bytes = 4096 * 256 * 4
+    assert temp_bytes(2**14) <= x_bytes < 2 * x_bytes < temp_bytes(2**22)
+
+
 def test_mask_values_fit_every_float_dtype():
     """Catches a mask value that overflows half precision (-1e9 is -inf in float16)."""
     for dtype in (jnp.float16, jnp.bfloat16, jnp.float32):

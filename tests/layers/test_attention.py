@@ -5,6 +5,7 @@ an unknown kind is refused with the list of valid ones."""
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -59,7 +60,7 @@ def test_each_kind_equals_its_kernel_called_directly(causal):
     q, k, v = _qkv()
     mask = _mask()
     rotations = layer_rotations(cfg, jax.random.key(3), cfg.lsh_n_buckets)
-    lsh, buckets = attend("lsh", cfg, q, None, v, mask=mask, dropout_key=None, draws=rotations)
+    lsh, replay = attend("lsh", cfg, q, None, v, mask=mask, dropout_key=None, draws=rotations)
     want = kernels.lsh_attention(
         q,
         v,
@@ -73,7 +74,10 @@ def test_each_kind_equals_its_kernel_called_directly(causal):
         attend_across_buckets=False,
     )
     np.testing.assert_allclose(lsh, want, atol=1e-6)
-    np.testing.assert_array_equal(buckets, kernels.hash_vectors(q, rotations, 4, mask))
+    buckets = kernels.hash_vectors(q, rotations, 4, mask)
+    np.testing.assert_array_equal(replay.buckets, buckets)  # kept: not attending across buckets
+    for got, want in zip(replay.order, kernels.sort_order(buckets, 4, 4), strict=True):
+        np.testing.assert_array_equal(got, want)
     local, replay = attend("local", cfg, q, k, v, mask=mask, dropout_key=None)
     want = kernels.local_attention(
         q,
@@ -108,23 +112,30 @@ def test_each_kind_applies_its_own_dropout_rate():
 
 
 def test_lsh_replay_is_what_the_kernel_uses():
-    """Catches a kind that re-hashes instead of using the replayed bucket ids (the reversible
-    backward would then recompute a different forward)."""
-    cfg = _cfg()
+    """Catches a kind that re-hashes or re-sorts instead of using the replayed bucket order (the
+    reversible backward would then recompute a different forward), and one that no longer
+    accepts bare bucket ids (what it replayed before)."""
+    cfg = _cfg().replace(lsh_attend_across_buckets=True)
     q, _, v = _qkv(2)
     rotations = layer_rotations(cfg, jax.random.key(0), 4)
-    out, buckets = attend("lsh", cfg, q, None, v, mask=None, dropout_key=None, draws=rotations)
+    out, replay = attend("lsh", cfg, q, None, v, mask=None, dropout_key=None, draws=rotations)
+    assert replay.buckets is None  # attending across buckets needs only the order
     again, same = attend(
-        "lsh", cfg, q, None, v, mask=None, dropout_key=None, draws=rotations, replay=buckets
+        "lsh", cfg, q, None, v, mask=None, dropout_key=None, draws=rotations, replay=replay
     )
     np.testing.assert_array_equal(again, out)
-    np.testing.assert_array_equal(same, buckets)
-    one_bucket = np.zeros_like(buckets)  # a replay unlike any hash: one bucket for all
+    assert same is replay
+    one_bucket = np.zeros((*q.shape[:2], cfg.lsh_n_hashes, q.shape[2]), np.int32)
     moved, used = attend(
         "lsh", cfg, q, None, v, mask=None, dropout_key=None, draws=rotations, replay=one_bucket
     )
-    np.testing.assert_array_equal(used, one_bucket)
+    one_order = kernels.sort_order(jnp.asarray(one_bucket), cfg.lsh_chunk_len, 4)
+    np.testing.assert_array_equal(used.order.sorted_pos, one_order.sorted_pos)
     assert not np.allclose(moved, out)
+    replayed, _ = attend(
+        "lsh", cfg, q, None, v, mask=None, dropout_key=None, draws=rotations, replay=used
+    )
+    np.testing.assert_array_equal(replayed, moved)
 
 
 def test_lsh_draws_rotations_and_nothing_below_full_attention_below():

@@ -3,7 +3,7 @@
 A kind tells the attention layer which projections to create (shared query/key or not, extra
 parameters such as Linformer's length projections), tells the model what per-call randomness to
 draw (``draw``: LSH rotations, Performer features), runs its kernel (``attend``, returning what
-a reversible backward pass must reuse: ``replay``, e.g. LSH bucket ids) and owns its decoding
+a reversible backward pass must reuse: ``replay``, e.g. LSH's bucket order) and owns its decoding
 cache (``decode_check`` / ``prefill`` / ``step``, implemented in :mod:`reformer_jax.decoding`).
 
 Kinds carry no fields: every setting is a flat, prefixed field of
@@ -39,6 +39,10 @@ class AttentionKind:
     name: ClassVar[str] = ""
     #: One projection serves as queries and keys (``q`` is the shared query/key, ``k`` None).
     shared_qk: ClassVar[bool] = False
+    #: Config fields this kind reads beyond its own ``<name>_*`` ones (see
+    #: :func:`reformer_jax.layers.attention.kind_fields`); a field listed here belongs to this
+    #: kind even when its name starts with another kind's prefix.
+    also_reads: ClassVar[tuple[str, ...]] = ()
 
     # -- configuration -------------------------------------------------------------------------
     def validate(self, cfg: ReformerConfig, used: bool, fail: Fail) -> None:

@@ -1,10 +1,10 @@
-"""LSH attention (the Reformer): shared query/key, random rotations drawn per call, bucket ids
-replayed by the reversible backward pass."""
+"""LSH attention (the Reformer): shared query/key, random rotations drawn per call, the bucket
+order replayed by the reversible backward pass."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import jax
 
@@ -30,16 +30,26 @@ def layer_rotations(cfg: ReformerConfig, hash_key: jax.Array, n_buckets) -> jax.
     return kernels.draw_rotations(hash_key, cfg.n_heads, cfg.d_head, cfg.lsh_n_hashes, n_buckets)
 
 
+class LSHReplay(NamedTuple):
+    """What the reversible backward reuses of an LSH layer's forward: its sort of the hash
+    rounds (so it neither hashes nor sorts again; O(L) integers) and, only for
+    ``lsh_attend_across_buckets=False``, the bucket ids ``[B, H, n_hashes, L]`` (else None)."""
+
+    order: kernels.LSHOrder
+    buckets: jax.Array | None
+
+
 @dataclasses.dataclass(frozen=True)
 class LSH(AttentionKind):
     """``lsh_*`` fields; exact shared-QK attention below ``full_attention_below``.
 
     draws: the rotations ``[heads, d_head, n_hashes, columns]`` (None below
-    ``full_attention_below``); replay: the bucket ids ``[B, H, n_hashes, L]``.
+    ``full_attention_below``); replay: an :class:`LSHReplay` (None below it).
     """
 
     name: ClassVar[str] = "lsh"
     shared_qk: ClassVar[bool] = True
+    also_reads: ClassVar[tuple[str, ...]] = ("full_attention_below",)
 
     def validate(self, cfg: ReformerConfig, used: bool, fail: Fail) -> None:
         nb = cfg.lsh_n_buckets
@@ -73,9 +83,13 @@ class LSH(AttentionKind):
             )
             return out, None
         n_buckets = lsh_n_buckets(cfg, length)
-        buckets = replay
-        if buckets is None:
-            buckets = kernels.hash_vectors(q, draws, n_buckets, mask)
+        if replay is None or not isinstance(replay, LSHReplay):
+            # Bucket ids alone (what earlier versions replayed) are sorted here.
+            buckets = kernels.hash_vectors(q, draws, n_buckets, mask) if replay is None else replay
+            replay = LSHReplay(
+                kernels.sort_order(buckets, cfg.lsh_chunk_len, n_buckets),
+                None if cfg.lsh_attend_across_buckets else buckets,
+            )
         out = kernels.lsh_attention(
             q,
             v,
@@ -89,9 +103,10 @@ class LSH(AttentionKind):
             dropout_rate=dropout_rate,
             dropout_key=dropout_key,
             attend_across_buckets=cfg.lsh_attend_across_buckets,
-            buckets=buckets,
+            buckets=replay.buckets,
+            order=replay.order,
         )
-        return out, buckets
+        return out, replay
 
     def decode_options(self, cfg, max_length: int, lsh_cache_size) -> dict[str, Any]:
         nb = lsh_n_buckets(cfg, max_length)
