@@ -110,9 +110,9 @@ def _sharded_loss_and_grads(cfg, tokens, mesh_shape, mask=None):
 @pytest.mark.parametrize("residual", ["reversible", "standard"])
 def test_constrained_model_has_one_devices_loss_and_gradients(x64, residual):
     """Catches a per-shard attention kernel or feed-forward chunk loop that sees the wrong rows
-    (a mask or bucket replay not split with its queries), a shared parameter (Linformer's projection) whose gradient is
-    one shard's instead of the sum over shards, or a constraint that changes values; float64,
-    so only summation order differs."""
+    (a mask or bucket replay not split with its queries), a shared parameter (Linformer's
+    projection) whose gradient is one shard's instead of the sum over shards, or a constraint
+    that changes values; float64, so only summation order differs."""
     cfg = tiny_config(
         attention_pattern=("lsh", "linformer", "local"),
         n_layers=3,
