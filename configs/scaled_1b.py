@@ -5,8 +5,8 @@ The enwik8 data and training settings (configs/enwik8.py) at pod scale: d_model 
 bfloat16 compute with float32 parameters. Adam's state alone (parameters, two moments) is
 ~13 GiB, more than a v5e chip's 16 GiB holds with the gradients and activations, so the default
 mesh is FSDP over every device (``(1, -1, 1)``). docs/pods.md has its pod table (compiled ahead
-of time, not run): with FSDP it fits a v5e-16 slice (12.9 of 16 GiB per chip, one sequence per
-chip), v5p-64 and v6e-64.
+of time, not run): with FSDP it fits a v5e-16 slice (13.2 of 16 GiB per chip, one sequence per
+chip) and v6e-64 (10.5 of 32 GiB).
 """
 
 import ml_collections
