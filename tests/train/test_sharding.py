@@ -107,6 +107,7 @@ def _sharded_loss_and_grads(cfg, tokens, mesh_shape, mask=None):
         return fn(state, tokens, mask)
 
 
+@pytest.mark.slow  # ~20-25 s each on 2 shared cores
 @pytest.mark.parametrize("residual", ["reversible", "standard"])
 def test_constrained_model_has_one_devices_loss_and_gradients(x64, residual):
     """Catches a per-shard attention kernel or feed-forward chunk loop that sees the wrong rows
@@ -195,6 +196,7 @@ def _compiled_lsh_step(mesh_shape):
     return compiled.memory_analysis().temp_size_in_bytes, gathered
 
 
+@pytest.mark.slow  # ~22 s on 2 shared cores: two compiled training steps
 def test_data_parallel_step_gathers_no_activations_and_fsdp_costs_no_temporaries():
     """Catches activations replicated across the data-parallel devices. Planted and measured
     on this toy: without the per-shard attention kernels XLA all-gathers the kernels' loop
