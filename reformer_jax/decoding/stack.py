@@ -18,6 +18,7 @@ from flax import nnx
 
 from reformer_jax.decoding.cache import Cache
 from reformer_jax.decoding.spec import DecodeSpec
+from reformer_jax.train import sharding as shd
 
 
 def head(model, y1: jax.Array, y2: jax.Array) -> jax.Array:
@@ -83,18 +84,21 @@ def prefill_impl(model, prompts, lengths, draws: tuple, spec: DecodeSpec):
             attn = nnx.merge(graphs[p][0], group_states[p][0])
             ff = nnx.merge(graphs[p][1], group_states[p][1])
             q, k, v = attn.project(attn.norm(x2))
-            out, cache = attn.kind.prefill(
-                cfg,
-                spec,
-                q,
-                k,
-                v,
-                lengths=lengths,
-                draws=group_draws[p],
-                params=attn.extra_params(model.shared_values(attn.kind)),
+
+            def kernel(batched, whole, _key, kind=attn.kind):
+                q, k, v, lengths = batched
+                draws, params = whole
+                return kind.prefill(cfg, spec, q, k, v, lengths=lengths, draws=draws, params=params)
+
+            # As in training: on a mesh each batch shard runs the kind's prefill on its own
+            # rows (its sorts and loops would otherwise gather every row onto every chip).
+            out, cache = shd.per_batch_shard(
+                kernel,
+                (q, k, v, lengths),
+                (group_draws[p], attn.extra_params(model.shared_values(attn.kind))),
             )
-            x1 = x1 + attn.merge_heads(out).astype(x1.dtype)
-            x2 = x2 + ff(x1)
+            x1 = shd.constrain_batch(x1 + attn.merge_heads(out).astype(x1.dtype))
+            x2 = shd.constrain_batch(x2 + ff(x1))
             caches.append(cache)
         return (x1, x2), tuple(caches)
 

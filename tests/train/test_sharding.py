@@ -2,6 +2,7 @@ import math
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -187,13 +188,18 @@ def _compiled_lsh_step(mesh_shape):
     with jax.set_mesh(mesh):
         lowered = parts.step.lower(*parts.abstract_args(config.batch_size, config.seq_len))
     compiled = lowered.compile()
+    return compiled.memory_analysis().temp_size_in_bytes, _all_gather_bytes(compiled.as_text())
+
+
+def _all_gather_bytes(hlo_text: str) -> int:
+    """Bytes produced by the all-gathers of a compiled program's HLO text."""
     gathered = 0
-    for line in compiled.as_text().splitlines():
+    for line in hlo_text.splitlines():
         match = re.search(r"= (\w+)\[([\d,]*)\]\S* all-gather(-start)?\(", line)
         if match:
             dims = [int(d) for d in match.group(2).split(",") if d]
             gathered += math.prod(dims) * _HLO_BYTES.get(match.group(1), 4)
-    return compiled.memory_analysis().temp_size_in_bytes, gathered
+    return gathered
 
 
 @pytest.mark.slow  # ~22 s on 2 shared cores: two compiled training steps
@@ -209,3 +215,71 @@ def test_data_parallel_step_gathers_no_activations_and_fsdp_costs_no_temporaries
     assert data_gathered == 0, data_gathered
     # FSDP gathers parameters one layer at a time: at most 10% more temporaries.
     assert fsdp_temp <= 1.1 * data_temp, (fsdp_temp, data_temp)
+
+
+@pytest.mark.slow  # ~20 s on 2 shared cores: a prefill compiled with and without a mesh
+def test_prefill_on_a_mesh_equals_one_device_and_gathers_no_activations(x64):
+    """Catches a decoding prefill whose kinds' sorts and loops gather every row onto every chip
+    (planted: without the per-shard prefill the data-parallel program all-gathers the queries,
+    keys and values), or a per-shard prefill that pairs rows with another row's prompt length or
+    cache; float64, rows of different prompt lengths."""
+    from reformer_jax import generate as gen
+    from reformer_jax.decoding import loop
+
+    cfg = tiny_config(
+        attention_pattern=("lsh", "local", "performer"),
+        n_layers=3,
+        lsh_chunk_len=4,
+        local_chunk_len=4,
+        performer_n_features=8,
+        performer_chunk_len=4,
+        max_len=32,
+        dtype="float64",
+        param_dtype="float64",
+    )
+    model = ReformerLM(cfg, rngs=nnx.Rngs(0))
+    tokens = random_tokens(cfg, (8, 16), seed=1)
+    lengths = [16, 9, 12, 16, 5, 16, 11, 7]
+    one_logits, one_cache = gen.prefill(model, tokens, prompt_lengths=lengths, max_length=32)
+
+    mesh = shd.make_mesh((8, 1))
+    prompts, prompt_lengths = jax.device_put(
+        (jnp.asarray(tokens), jnp.asarray(lengths)), shd.batch_sharding(mesh)
+    )
+    spec = loop.decode_spec(cfg, 32)
+    graphdef, state = nnx.split(model)
+    args = (graphdef, state, prompts, prompt_lengths, loop._draws(model, spec, None))
+    with jax.set_mesh(mesh):
+        logits, cache = loop._prefill_jit(*args, spec=spec, all_logits=False)
+        lowered = loop._prefill_jit.lower(*args, spec=spec, all_logits=False)
+    np.testing.assert_allclose(logits, one_logits, rtol=1e-10, atol=1e-12)
+    for a, b in zip(jax.tree.leaves(cache), jax.tree.leaves(one_cache), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    # Planted (the kinds' prefill called on the whole batch): 39,040 bytes of all-gathers.
+    # With it per shard: 128 bytes, under one row of one activation (16 x 16 float64, 2 KiB).
+    gathered = _all_gather_bytes(lowered.compile().as_text())
+    assert gathered < 16 * cfg.d_model * 8, gathered
+
+
+@pytest.mark.slow  # ~20 s on 2 shared cores
+def test_causal_performer_trains_on_a_mesh_like_one_device(x64):
+    """Catches a per-shard kernel that cannot run at all on a mesh (planted: shard_map's
+    varying-axes check rejected the causal Performer's prefix-sum scan, whose carry starts from
+    zeros) or that pairs a shard with another shard's rows. Performer's random features are
+    drawn in float32, so the two runs agree to float32 rounding, not float64's."""
+    cfg = tiny_config(
+        attention_pattern=("performer", "lsh"),
+        n_layers=2,
+        performer_n_features=8,
+        performer_chunk_len=4,
+        max_len=32,
+        residual="standard",
+        dtype="float64",
+        param_dtype="float64",
+    )
+    tokens = random_tokens(cfg, (8, 32))
+    one_loss, one_grads = _sharded_loss_and_grads(cfg, tokens, None)
+    loss, grads = _sharded_loss_and_grads(cfg, tokens, (2, 2, 2))
+    np.testing.assert_allclose(loss, one_loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(one_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
