@@ -1023,7 +1023,7 @@ PRESETS: dict[str, Preset] = {
         speed_model={},
         speed_batch_size=2,
         speed_lengths=(1024, 2048, 3072, 4096, 16384, 65536),
-        speed_time_max_length=4096,
+        speed_time_max_length=65536,
         speed_steps=2,
         memory_budget_bytes=8 * 2**30,
     ),
