@@ -386,9 +386,11 @@ def lm_loss(
     ``weights[:, t]`` says whether token t counts as a target. Returns (mean loss in nats,
     total weight).
     """
-    logits = logits_BLV[:, :-1].astype(jnp.float32)
+    # At least float32 (bfloat16 logits would round the log-sum-exp), float64 models keep theirs.
+    dtype = jnp.promote_types(logits_BLV.dtype, jnp.float32)
+    logits = logits_BLV[:, :-1].astype(dtype)
     targets = tokens_BL[:, 1:]
-    w = jnp.ones(targets.shape, jnp.float32) if weights_BL is None else weights_BL[:, 1:]
+    w = jnp.ones(targets.shape, dtype) if weights_BL is None else weights_BL[:, 1:]
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     total = jnp.sum(w)

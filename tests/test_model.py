@@ -118,6 +118,22 @@ def test_lm_loss_is_next_token_cross_entropy():
     np.testing.assert_allclose(loss_w, -np.log(0.25), rtol=1e-6)
 
 
+def test_lm_loss_keeps_float64_and_lifts_bfloat16_to_float32(x64):
+    """Catches a loss that casts every model's logits to float32: float64 models (the exact
+    gradient checks) would then agree with their references only to float32 rounding."""
+    rng = np.random.default_rng(0)
+    logits64 = rng.normal(size=(2, 5, 7))
+    tokens = rng.integers(0, 7, (2, 5))
+    loss, _ = lm_loss(jnp.asarray(logits64), jnp.asarray(tokens))
+    shifted = logits64[:, :-1] - logits64[:, :-1].max(-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(logp, tokens[:, 1:, None], -1).mean()
+    assert loss.dtype == jnp.float64
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-13)
+    loss16, _ = lm_loss(jnp.asarray(logits64, jnp.bfloat16), jnp.asarray(tokens))
+    assert loss16.dtype == jnp.float32
+
+
 def _dropout_model_modules():
     from reformer_jax import model as model_module
     from reformer_jax.kernels import full, masking
