@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 from bench import results_json
+from bench.roofline import matmul_peak
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 IMPLS = ("reformer_jax", "hf", "lucidrains")
@@ -98,25 +99,6 @@ def flops_per_token(cfg: StepConfig) -> dict[str, float]:
     parts["train_step"] = 3 * parts["forward"]
     parts["train_step_executed"] = parts["train_step"] + (parts["forward"] - parts["head"])
     return parts
-
-
-def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 7) -> float:
-    """The machine's float32 matrix-multiply rate through XLA (GFLOP/s), best over sizes."""
-    import jax
-
-    best = 0.0
-    for n in sizes:
-        a = jax.random.normal(jax.random.key(0), (n, n))
-        b = jax.random.normal(jax.random.key(1), (n, n))
-        f = jax.jit(lambda x, y: x @ y)
-        f(a, b).block_until_ready()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            f(a, b).block_until_ready()
-            times.append(time.perf_counter() - start)
-        best = max(best, 2 * n**3 / statistics.median(times) / 1e9)
-    return best
 
 
 def command(impl: str, cfg: StepConfig, args: argparse.Namespace) -> list[str]:

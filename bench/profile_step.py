@@ -22,7 +22,7 @@ import pathlib
 import re
 import sys
 
-from bench import train_step
+from bench import roofline, train_step
 
 # Event names that are the runtime's own bookkeeping, not XLA ops.
 _RUNTIME_EVENTS = ("Thunk", "$", "Slinky", "PjitFunction", "while")
@@ -51,16 +51,55 @@ def category(event: str, op_name: str) -> str:
     return "other elementwise ops and copies"
 
 
-def summarise(trace_events: list[dict], names: dict[str, str]) -> dict[str, float]:
-    """Seconds per category over the trace's complete ("X") events."""
-    seconds: collections.Counter[str] = collections.Counter()
+def op_events(trace_events: list[dict]) -> list[tuple[str, float, float]]:
+    """The XLA ops of a trace as (name, start, end) in seconds; runtime bookkeeping dropped."""
+    ops = []
     for event in trace_events:
         if event.get("ph") != "X" or "dur" not in event:
             continue
         name = event["name"]
-        if name.startswith(_RUNTIME_EVENTS):
+        if name.startswith(_RUNTIME_EVENTS) or name.startswith("end: "):
             continue
-        seconds[category(name, names.get(name, ""))] += event["dur"] / 1e6
+        start = event["ts"] / 1e6 if "ts" in event else 0.0
+        ops.append((name, start, start + event["dur"] / 1e6))
+    return ops
+
+
+def attributed_seconds(ops: list[tuple[str, float, float]]) -> list[tuple[str, float]]:
+    """Each op's share of the wall clock: an interval where k ops run counts 1/k to each.
+
+    XLA's CPU runtime overlaps ops: a thread waiting for a multi-threaded dot picks up the
+    next independent op, so that op's event lies inside the dot's (same thread, same time).
+    Summing raw durations counts such intervals twice and makes the waiting op look slow
+    (a feed-forward matmul measured 2x its real time that way). Shared this way the
+    attributions sum to the time during which any op ran, at most the step's wall time.
+    """
+    boundaries = sorted({t for _, start, end in ops for t in (start, end)})
+    if not boundaries:
+        return []
+    index = {t: i for i, t in enumerate(boundaries)}
+    starting: dict[int, list[int]] = collections.defaultdict(list)
+    ending: dict[int, list[int]] = collections.defaultdict(list)
+    for k, (_, start, end) in enumerate(ops):
+        starting[index[start]].append(k)
+        ending[index[end]].append(k)
+    share = [0.0] * len(ops)
+    active: set[int] = set()
+    for i, t in enumerate(boundaries[:-1]):
+        active.difference_update(ending[i])
+        active.update(starting[i])
+        if active:
+            dt = (boundaries[i + 1] - t) / len(active)
+            for k in active:
+                share[k] += dt
+    return [(name, share[k]) for k, (name, _, _) in enumerate(ops)]
+
+
+def summarise(trace_events: list[dict], names: dict[str, str]) -> dict[str, float]:
+    """Wall-clock seconds per category (:func:`attributed_seconds`) over the trace's ops."""
+    seconds: collections.Counter[str] = collections.Counter()
+    for name, share in attributed_seconds(op_events(trace_events)):
+        seconds[category(name, names.get(name, ""))] += share
     return dict(seconds.most_common())
 
 
@@ -68,7 +107,7 @@ def markdown(seconds: dict[str, float], step_s: float) -> str:
     total = sum(seconds.values())
     lines = ["| XLA ops | seconds | share |", "|---|---:|---:|"]
     lines += [f"| {k} | {v:.2f} | {100 * v / total:.0f}% |" for k, v in seconds.items()]
-    lines.append(f"| total op time (step wall time {step_s:.2f} s) | {total:.2f} | |")
+    lines.append(f"| ops' wall time (step wall time {step_s:.2f} s) | {total:.2f} | |")
     return "\n".join(lines)
 
 
@@ -79,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         "python -m bench.train_step --help).",
     )
     parser.add_argument("--out", default="/tmp/reformer_jax_step_profile", help="trace and HLO")
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip measuring the machine's matmul peak and bandwidth and the per-op floor table",
+    )
     args, step_args = parser.parse_known_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,9 +135,34 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no perfetto trace under {out / 'trace'}: did jax.profiler run?")
     payload = json.loads(gzip.open(traces[-1]).read())
     events = payload["traceEvents"] if isinstance(payload, dict) else payload
-    seconds = summarise(events, op_names(hlo.read_text()))
+    names = op_names(hlo.read_text())
+    seconds = summarise(events, names)
     print(markdown(seconds, result["s_per_step"]))
+    if not args.no_floor:
+        print()
+        print(floor_report(events, hlo.read_text(), names))
     return 0
+
+
+def floor_report(events: list[dict], hlo_text: str, names: dict[str, str], top: int = 12) -> str:
+    """The categories against the machine's floor (:mod:`bench.roofline`), and the ops that
+    lose the most time to it."""
+    machine = roofline.Machine(roofline.matmul_peak(), roofline.memory_bandwidth())
+    module = roofline.Module.parse(hlo_text)
+    timed = attributed_seconds(op_events(events))
+    table, ops = roofline.floors(timed, module, machine, lambda n: category(n, names.get(n, "")))
+    lines = [
+        roofline.markdown(table, machine),
+        "",
+        "| op | runs | measured, s | floor, s | category |",
+    ]
+    lines.append("|---|---:|---:|---:|---|")
+    for name, measured, floor, runs in sorted(ops, key=lambda op: op[2] - op[1])[:top]:
+        lines.append(
+            f"| {name} | {runs} | {measured:.3f} | {floor:.3f} | "
+            f"{category(name, names.get(name, ''))} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
