@@ -8,8 +8,12 @@ Runs ``bench.train_step`` with ``--steps 1 --profile`` (one warm-up step, one tr
 named after an op of the compiled HLO, whose ``op_name`` metadata says which JAX operation it
 came from: dots inside the attention kernel's window loop (a ``while`` nested in the layer
 scan) are told apart from the dense matmuls of the feed-forward, projections and head, and
-sorts, gathers and reductions are grouped on their own. Op times can overlap (XLA runs
-independent ops concurrently), so the total may exceed the step's wall time.
+sorts, gathers and reductions are grouped on their own. Ops that overlap in time share it
+(:func:`attributed_seconds`), so the categories add up to the wall time during which ops ran.
+
+Then (unless ``--no-floor``) it measures the machine's matmul peak and memory bandwidth and
+prints each category against its floor (:mod:`bench.roofline`): how long the same compiled
+work would take at those rates, and the ops that lose the most time to it.
 """
 
 from __future__ import annotations

@@ -249,10 +249,13 @@ class Machine:
         fitting = [rate for size, rate in self.bandwidth if size >= footprint]
         return max(fitting) if fitting else self.bandwidth[-1][1]
 
-    def floor_s(self, work: Work) -> float:
+    def floor_s(self, work: Work, *, from_dram: bool = False) -> float:
+        """Seconds at the better of the two rates' limits: the FLOPs at the matmul peak, the
+        bytes at the bandwidth of the op's working set (``from_dram``: of the largest set
+        measured, for data that is not in cache when the op starts)."""
         compute = work.flops / (self.matmul_gflops * 1e9)
-        memory = work.bytes / (self.bandwidth_for(work.bytes) * 1e9)
-        return max(compute, memory)
+        rate = self.bandwidth[-1][1] if from_dram else self.bandwidth_for(work.bytes)
+        return max(compute, work.bytes / (rate * 1e9))
 
 
 def memory_bandwidth(
@@ -261,8 +264,9 @@ def memory_bandwidth(
     """GB/s of an XLA loop of in-place ``a * x + b`` passes over float32 buffers of each size.
 
     Each pass reads and writes the buffer once (2 x its bytes); the working set is the buffer,
-    so small sizes measure the caches and large ones DRAM. Best of ``repeats``, which the
-    floor wants (a floor must not be slower than the machine).
+    so small sizes measure the caches and large ones DRAM. Small buffers get more passes (a
+    gigabyte moved per measurement at least), so the loop's fixed costs do not count. Best of
+    ``repeats``, which the floor wants (a floor must not be slower than the machine).
     """
     import jax
     import jax.numpy as jnp
@@ -270,10 +274,11 @@ def memory_bandwidth(
     results = []
     for mib in sizes_mib:
         x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
+        n_passes = max(passes, 2**30 // (2 * x.nbytes))
 
         @jax.jit
-        def stream(x):
-            return jax.lax.fori_loop(0, passes, lambda i, c: c * 1.0001 + 1e-4, x)
+        def stream(x, n_passes=n_passes):
+            return jax.lax.fori_loop(0, n_passes, lambda i, c: c * 1.0001 + 1e-4, x)
 
         stream(x).block_until_ready()
         best = math.inf
@@ -282,7 +287,7 @@ def memory_bandwidth(
             stream(x).block_until_ready()
             best = min(best, time.perf_counter() - start)
         # Working set read and written per pass: the op footprint :meth:`Machine.floor_s` uses.
-        results.append((x.nbytes * 2, passes * 2 * x.nbytes / best / 1e9))
+        results.append((x.nbytes * 2, n_passes * 2 * x.nbytes / best / 1e9))
     return tuple(results)
 
 
@@ -309,6 +314,7 @@ def matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 7) -
 class CategoryFloor:
     measured_s: float = 0.0
     floor_s: float = 0.0
+    dram_floor_s: float = 0.0  # the same with every byte at DRAM bandwidth
     compute_floor_s: float = 0.0  # the part of floor_s set by FLOPs (the rest by bytes)
     flops: int = 0
     bytes: int = 0
@@ -346,6 +352,7 @@ def floors(
         compute = work.flops / (machine.matmul_gflops * 1e9)
         row.measured_s += sum(times)
         row.floor_s += floor * len(times)
+        row.dram_floor_s += machine.floor_s(work, from_dram=True) * len(times)
         row.compute_floor_s += (compute if compute >= floor else 0.0) * len(times)
         row.flops += work.flops * len(times)
         row.bytes += work.bytes * len(times)
@@ -356,8 +363,9 @@ def floors(
 
 def markdown(table: dict[str, CategoryFloor], machine: Machine) -> str:
     lines = [
-        "| XLA ops | measured, s | floor, s | bound by | GFLOP | GB moved | measured / floor |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        "| XLA ops | measured, s | floor, s | bound by | GFLOP | GB moved | measured / floor "
+        "| floor from DRAM, s | measured / that |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     sorts = sum(row.sort_s for row in table.values())
     for name, row in table.items():
@@ -366,15 +374,20 @@ def markdown(table: dict[str, CategoryFloor], machine: Machine) -> str:
         bound = "FLOPs" if row.compute_floor_s >= row.floor_s / 2 else "bytes"
         lines.append(
             f"| {name} | {row.measured_s:.2f} | {row.floor_s:.2f} | {bound} | "
-            f"{row.flops / 1e9:.0f} | {row.bytes / 1e9:.1f} | {row.ratio:.2f}x |"
+            f"{row.flops / 1e9:.0f} | {row.bytes / 1e9:.1f} | {row.ratio:.2f}x | "
+            f"{row.dram_floor_s:.2f} | {row.measured_s / row.dram_floor_s:.2f}x |"
         )
     measured = sum(r.measured_s for r in table.values())
     floor = sum(r.floor_s for r in table.values())
-    lines.append(f"| all ops | {measured:.2f} | {floor:.2f} | | | | {measured / floor:.2f}x |")
+    dram = sum(r.dram_floor_s for r in table.values())
+    lines.append(
+        f"| all ops | {measured:.2f} | {floor:.2f} | | | | {measured / floor:.2f}x | "
+        f"{dram:.2f} | {measured / dram:.2f}x |"
+    )
     if sorts:
         lines.append(
             f"| sorts (not in the rows above: a comparison sort is bound by neither rate) | "
-            f"{sorts:.2f} | | | | | |"
+            f"{sorts:.2f} | | | | | | | |"
         )
     rates = ", ".join(f"{size / 2**20:.0f} MiB {rate:.0f}" for size, rate in machine.bandwidth)
     lines.append("")
@@ -383,3 +396,51 @@ def markdown(table: dict[str, CategoryFloor], machine: Machine) -> str:
         f"{rates}."
     )
     return "\n".join(lines)
+
+
+def batched_dot_rate(
+    batch: int = 32, queries: int = 64, keys: int = 128, depth: int = 64, blocks: int = 64
+) -> float:
+    """GFLOP/s of the window loop's dot pair (scores, then probabilities x values) on its own.
+
+    Shaped like one block of :mod:`reformer_jax.kernels.window` (``batch`` chunks of ``queries``
+    rows against ``keys``-long windows of ``depth``-wide vectors), in a loop that writes each
+    block's output into a stacked result as the kernel does: the best rate XLA reaches for
+    these small matrices on this machine, to set beside the square-matrix peak.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    q = jax.random.normal(jax.random.key(0), (blocks, batch, queries, depth))
+    k = jax.random.normal(jax.random.key(1), (blocks, batch, keys, depth))
+
+    def block(i, out):
+        scores = jnp.einsum("bqd,bkd->bqk", q[i], k[i])
+        return out.at[i].set(jnp.einsum("bqk,bkd->bqd", jnp.exp(scores - 10.0), k[i]))
+
+    @jax.jit
+    def loop(q, k):
+        return jax.lax.fori_loop(0, blocks, block, jnp.zeros_like(q))
+
+    loop(q, k).block_until_ready()
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        loop(q, k).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2 * blocks * batch * queries * keys * depth / best / 1e9
+
+
+def main() -> None:
+    """Prints the machine's rates: ``python -m bench.roofline``."""
+    from reformer_jax import runtime
+
+    runtime.configure_xla()
+    print(f"float32 matmul peak (square, 1024-4096): {matmul_peak():.0f} GFLOP/s")
+    print(f"window-loop dot pair ([32, 64, 64] x [32, 128, 64]): {batched_dot_rate():.0f} GFLOP/s")
+    for size, rate in memory_bandwidth():
+        print(f"bandwidth, {size / 2**20:.0f} MiB read + written per pass: {rate:.0f} GB/s")
+
+
+if __name__ == "__main__":
+    main()

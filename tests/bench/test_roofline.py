@@ -67,6 +67,7 @@ def test_sorts_are_reported_apart_and_not_given_a_floor():
     assert row.sort_s == 0.5 and row.measured_s == pytest.approx(2e-4)
     block_bytes = 2 * 32 * 64 * 4 + 4
     assert row.floor_s == pytest.approx(2 * block_bytes / 50e9)
+    assert row.dram_floor_s == pytest.approx(2 * block_bytes / 10e9)
     assert [op[0] for op in ops] == ["block_fusion"]
     text = roofline.markdown(table, machine)
     assert "sorts (not in the rows above" in text and "| 0.50 |" in text
