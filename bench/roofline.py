@@ -431,8 +431,14 @@ def batched_dot_rate(
     return 2 * 2 * blocks * batch * queries * keys * depth / best / 1e9
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Prints the machine's rates: ``python -m bench.roofline``."""
+    import argparse
+
+    argparse.ArgumentParser(
+        description="The machine's float32 matmul peak, the window loop's dot rate and the "
+        "memory bandwidth by working-set size (the rates bench.profile_step's floor uses).",
+    ).parse_args(argv)
     from reformer_jax import runtime
 
     runtime.configure_xla()

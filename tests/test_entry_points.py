@@ -25,6 +25,7 @@ BENCH_MODULES = (
     "model_memory",
     "peers",
     "profile_step",
+    "roofline",
     "train_step",
 )
 ENTRY_POINTS = [
