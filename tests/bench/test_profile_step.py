@@ -49,3 +49,26 @@ def test_overlapping_ops_share_the_wall_clock():
     assert shares["ynn_fusion.19"] == pytest.approx(0.003)
     assert shares["copy.1"] == pytest.approx(0.001)
     assert sum(shares.values()) == pytest.approx(0.011)  # the time any op ran
+
+
+def test_an_async_dot_lasts_until_its_completion_event():
+    # XLA's CPU runtime closes a thread-pool dot's event at dispatch and records an "end:"
+    # event when it completes. Catches counting only the dispatch (the weight gradients' dots
+    # then look 20x faster than the machine's peak and their work shows up as idle time) and
+    # extending other ops to their "end:" events, which the runtime records late.
+    events = [
+        {"ph": "X", "name": "dot.3", "ts": 0, "dur": 0.5e3},
+        {"ph": "X", "name": "copy.1", "ts": 1e3, "dur": 1e3},
+        {"ph": "X", "name": "end: dot.3", "ts": 10e3, "dur": 1},
+        {"ph": "X", "name": "dot.3", "ts": 20e3, "dur": 0.5e3},  # a later run of the same op
+        {"ph": "X", "name": "end: copy.1", "ts": 25e3, "dur": 1},
+        {"ph": "X", "name": "end: dot.3", "ts": 30e3, "dur": 1},
+    ]
+    ops = profile_step.op_events(events)
+    assert ops == [
+        ("dot.3", 0.0, pytest.approx(0.010001)),
+        ("copy.1", 0.001, 0.002),
+        ("dot.3", 0.020, pytest.approx(0.030001)),
+    ]
+    shares = dict(profile_step.attributed_seconds(ops[:2]))
+    assert shares["copy.1"] == pytest.approx(0.0005)  # shares its millisecond with the dot
