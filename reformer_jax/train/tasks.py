@@ -270,10 +270,10 @@ class ClassificationTask:
         return None
 
     def loss(self, model, batch, carry, *, dropout_rng=None, hash_rng=None):
-        logits = model(
-            batch["inputs"], batch["mask"], dropout_rng=dropout_rng, hash_rng=hash_rng
-        ).astype(jnp.float32)
-        weights = batch["weights"].astype(jnp.float32)
+        logits = model(batch["inputs"], batch["mask"], dropout_rng=dropout_rng, hash_rng=hash_rng)
+        # At least float32 (bfloat16 would round the log-sum-exp); float64 models keep theirs.
+        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+        weights = batch["weights"].astype(logits.dtype)
         logp = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(logp, batch["labels"][:, None], axis=-1)[:, 0]
         weight = jnp.sum(weights)

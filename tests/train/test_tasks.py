@@ -94,6 +94,29 @@ def test_classification_task_sums_match_numpy(paired):
     assert task.summarize({"loss_sum": 6.0, "weight": 3.0, "correct": 2.0})["accuracy"] == 2 / 3
 
 
+def test_classification_loss_keeps_float64_logits(x64):
+    """Catches a loss that casts every classifier's logits to float32: a float64 model (the
+    exact gradient checks) would then match its reference only to float32 rounding."""
+    cfg = tiny_config(causal=False, hash_seed=0, vocab_size=10)
+    task = ClassificationTask(cfg, ClassifierConfig(3, pooling="mean"))
+    logits = np.random.default_rng(2).normal(size=(4, 3)) * 3
+    labels = np.array([0, 2, 1, 2], np.int32)
+
+    def model(inputs, mask, **_):
+        return jnp.asarray(logits)
+
+    batch = {
+        "inputs": np.ones((4, 8), np.int32),
+        "mask": np.ones((4, 8), bool),
+        "labels": labels,
+        "weights": np.array([1, 1, 0, 1], np.float32),
+    }
+    loss, sums, _ = task.loss(model, batch, None)
+    nll, _ = _nll_and_hits(logits, labels)
+    assert loss.dtype == jnp.float64
+    np.testing.assert_allclose(float(loss), (nll * batch["weights"]).sum() / 3, rtol=1e-13)
+
+
 def test_unknown_task_and_causal_classifier_are_named(tmp_path):
     config = classify_tiny.get_config()
     source = data_lib.get_source(config.data.name, config.data.settings)
