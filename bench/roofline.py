@@ -27,7 +27,7 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 DTYPE_BYTES = {
     "pred": 1,
@@ -329,7 +329,7 @@ def floors(
     events: Iterable[tuple[str, float]],
     module: Module,
     machine: Machine,
-    category_of,
+    category_of: Callable[[str], str],
 ) -> tuple[dict[str, CategoryFloor], list[tuple[str, float, float, int]]]:
     """Per category: measured seconds against the floor. ``events`` are (op name, seconds).
 

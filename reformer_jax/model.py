@@ -378,6 +378,12 @@ class ReformerLM(nnx.Module):
         return tuple(out)
 
 
+def loss_dtype(logits: jax.Array) -> jnp.dtype:
+    """The dtype a loss computes in: at least float32 (bfloat16 logits would round the
+    log-sum-exp), and float64 for float64 models (their exact gradient checks)."""
+    return jnp.promote_types(logits.dtype, jnp.float32)
+
+
 def lm_loss(
     logits_BLV: jax.Array, tokens_BL: jax.Array, weights_BL: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
@@ -386,8 +392,7 @@ def lm_loss(
     ``weights[:, t]`` says whether token t counts as a target. Returns (mean loss in nats,
     total weight).
     """
-    # At least float32 (bfloat16 logits would round the log-sum-exp), float64 models keep theirs.
-    dtype = jnp.promote_types(logits_BLV.dtype, jnp.float32)
+    dtype = loss_dtype(logits_BLV)
     logits = logits_BLV[:, :-1].astype(dtype)
     targets = tokens_BL[:, 1:]
     w = jnp.ones(targets.shape, dtype) if weights_BL is None else weights_BL[:, 1:]

@@ -40,7 +40,7 @@ from flax import nnx
 from reformer_jax.classifier import ClassifierConfig, SequenceClassifier
 from reformer_jax.config import ReformerConfig
 from reformer_jax.layers.memory import init_memory, reset_memory
-from reformer_jax.model import ReformerLM, lm_loss
+from reformer_jax.model import ReformerLM, lm_loss, loss_dtype
 
 #: A pytree whose leaves all have a leading batch axis, or None (stateless).
 Carry = Any
@@ -271,8 +271,7 @@ class ClassificationTask:
 
     def loss(self, model, batch, carry, *, dropout_rng=None, hash_rng=None):
         logits = model(batch["inputs"], batch["mask"], dropout_rng=dropout_rng, hash_rng=hash_rng)
-        # At least float32 (bfloat16 would round the log-sum-exp); float64 models keep theirs.
-        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+        logits = logits.astype(loss_dtype(logits))
         weights = batch["weights"].astype(logits.dtype)
         logp = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(logp, batch["labels"][:, None], axis=-1)[:, 0]
