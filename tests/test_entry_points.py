@@ -22,6 +22,7 @@ BENCH_MODULES = (
     "machine",
     "memory",
     "memory_scaling",
+    "dot_shapes",
     "model_memory",
     "peers",
     "profile_step",
