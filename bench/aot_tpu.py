@@ -358,9 +358,9 @@ def _decode_programs(model_cfg, mesh, batch: int, prompt_len: int, max_length: i
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
+    from reformer_jax import sharding as shd
     from reformer_jax.decoding import loop as gen
     from reformer_jax.model import ReformerLM
-    from reformer_jax.train import sharding as shd
 
     abstract = nnx.eval_shape(lambda: ReformerLM(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
@@ -414,7 +414,7 @@ def run(
     import jax
     from jax.experimental import topologies
 
-    from reformer_jax.train import sharding as shd
+    from reformer_jax import sharding as shd
     from reformer_jax.train.trainer import _model_config, build_train_step
 
     try:

@@ -1,7 +1,8 @@
 """reformer_jax: the Reformer in JAX and Flax NNX.
 
 Kernels live in :mod:`reformer_jax.kernels`, layers in :mod:`reformer_jax.layers`, training in
-:mod:`reformer_jax.train`, data sources in :mod:`reformer_jax.data`.
+:mod:`reformer_jax.train`, data sources in :mod:`reformer_jax.data`, the sharding rules shared by
+layers and trainer in :mod:`reformer_jax.sharding`.
 """
 
 from reformer_jax.config import ReformerConfig

@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from reformer_jax import sharding as shd
 from reformer_jax.config import ReformerConfig
 from reformer_jax.model import ReformerLM
-from reformer_jax.train import sharding as shd
 
 POOLINGS = ("cls", "mean")
 

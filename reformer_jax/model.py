@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from reformer_jax import sharding as shd
 from reformer_jax.config import ReformerConfig
 from reformer_jax.kernels.masking import dropout
 from reformer_jax.layers import memory as memory_lib
@@ -21,7 +22,6 @@ from reformer_jax.layers.embeddings import PositionalEmbedding
 from reformer_jax.layers.feedforward import FeedForward
 from reformer_jax.layers.residual import standard_stack
 from reformer_jax.layers.reversible import reversible_stack, stack_forward
-from reformer_jax.train import sharding as shd
 
 # fold_in tags separating the independent random streams of one layer.
 _ATTN_STREAM, _FF_STREAM = 0, 1

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from reformer_jax import sharding as shd
 from reformer_jax.decoding.cache import Cache
 from reformer_jax.decoding.spec import DecodeSpec
-from reformer_jax.train import sharding as shd
 
 
 def head(model, y1: jax.Array, y2: jax.Array) -> jax.Array:

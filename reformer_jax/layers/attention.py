@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from reformer_jax import kernels
+from reformer_jax import sharding as shd
 from reformer_jax.config import ReformerConfig
 from reformer_jax.layers.kinds.base import AttentionKind
 from reformer_jax.layers.kinds.full import Full
@@ -24,7 +25,6 @@ from reformer_jax.layers.kinds.lsh import LSH, layer_rotations, lsh_n_buckets
 from reformer_jax.layers.kinds.performer import Performer
 from reformer_jax.layers.kinds.relative import Relative
 from reformer_jax.layers.kinds.sparse import Sparse
-from reformer_jax.train import sharding as shd
 
 #: Every attention kind by its ``attention_pattern`` name.
 KINDS: dict[str, AttentionKind] = {

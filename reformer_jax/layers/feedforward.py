@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from reformer_jax import sharding as shd
 from reformer_jax.config import ReformerConfig
 from reformer_jax.kernels.masking import dropout
-from reformer_jax.train import sharding as shd
 
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu}
 
@@ -19,7 +19,7 @@ class FeedForward(nnx.Module):
     With ``ff_chunk_size > 0`` the ``batch * length`` rows are processed in chunks under a
     ``lax.map`` of a rematerialised function, so forward and backward each hold the d_ff
     activations of one chunk only. On a mesh (``jax.set_mesh``) each batch shard chunks its
-    own rows (`reformer_jax.train.sharding.per_batch_shard`).
+    own rows (`reformer_jax.sharding.per_batch_shard`).
     """
 
     def __init__(self, cfg: ReformerConfig, *, rngs: nnx.Rngs):

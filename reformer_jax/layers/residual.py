@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from reformer_jax.layers.reversible import AttnFn, FFFn
-from reformer_jax.train.sharding import constrain_batch
+from reformer_jax.sharding import constrain_batch
 
 
 def standard_stack(

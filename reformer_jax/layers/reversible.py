@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from reformer_jax.train.sharding import constrain_batch
+from reformer_jax.sharding import constrain_batch
 
 # attn(params, x2, ctx, layer_index, replay) -> (branch output, replay or None)
 AttnFn = Callable[[Any, jax.Array, Any, jax.Array, Any], tuple[jax.Array, Any]]

@@ -1,4 +1,5 @@
-"""Training: sharding rules, optimizers, metrics and the loop."""
+"""Training: tasks, optimizers, metrics and the loop (the sharding rules are
+:mod:`reformer_jax.sharding`, shared with the layers)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ __all__ = ["TrainResult", "TrainingError", "run_main", "train_and_evaluate"]
 
 
 def __getattr__(name: str) -> Any:
-    # The loop is imported on first use: the layers import this package's sharding rules
-    # (reformer_jax.train.sharding), and the loop imports the model.
+    # The loop is imported on first use, so that importing a light submodule (the optimizers,
+    # the metrics) does not load the model, the data sources and the checkpointing.
     if name in ("TrainResult", "TrainingError", "train_and_evaluate"):
         from reformer_jax.train import trainer
 

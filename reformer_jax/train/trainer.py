@@ -31,11 +31,11 @@ from etils import epath
 from flax import nnx
 
 from reformer_jax import data as data_lib
+from reformer_jax import sharding as shd
 from reformer_jax.checkpoint import BestCheckpoint, TrainCheckpointer
 from reformer_jax.config import ReformerConfig
 from reformer_jax.paths import as_path
 from reformer_jax.runtime import release_free_memory
-from reformer_jax.train import sharding as shd
 from reformer_jax.train.metrics import MetricWriter
 from reformer_jax.train.optimizer import make_optimizer, make_schedule
 from reformer_jax.train.tasks import Carry, LMTask, Task, is_better, make_task, model_config

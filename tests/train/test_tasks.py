@@ -16,12 +16,12 @@ from jax.sharding import PartitionSpec as P
 from configs import classify_tiny
 from configs.common import base_config
 from reformer_jax import data as data_lib
+from reformer_jax import sharding as shd
 from reformer_jax.checkpoint import BestCheckpoint
 from reformer_jax.classifier import ClassifierConfig, SequenceClassifier
 from reformer_jax.config import ReformerConfig
 from reformer_jax.data.base import SourceBase, step_rng
 from reformer_jax.model import ReformerLM
-from reformer_jax.train import sharding as shd
 from reformer_jax.train import tasks as tasks_lib
 from reformer_jax.train import train_and_evaluate, trainer
 from reformer_jax.train.tasks import ClassificationTask, LMTask

@@ -17,12 +17,12 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from configs import tiny
+from reformer_jax import sharding as shd
 from reformer_jax.checkpoint import load_model_from_workdir
 from reformer_jax.data import Batch, get_source
 from reformer_jax.model import ReformerLM
+from reformer_jax.sharding import make_mesh
 from reformer_jax.train import run_main, train_and_evaluate
-from reformer_jax.train import sharding as shd
-from reformer_jax.train.sharding import make_mesh
 from reformer_jax.train.trainer import _model_config, build_train_step, evaluate, hash_table
 from tests.data.checks import random_images, write_image_tar
 from tests.model_utils import tiny_config

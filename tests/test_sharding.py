@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from reformer_jax import sharding as shd
 from reformer_jax.model import ReformerLM, lm_loss
-from reformer_jax.train import sharding as shd
 from tests.model_utils import random_tokens, tiny_config
 
 
