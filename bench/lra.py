@@ -1035,6 +1035,11 @@ def _lra_preset() -> Preset:
     # steps and learning rates differ per task, never per model.
     rsqrt = dict(schedule="rsqrt", optimizer="adam", weight_decay=0.1)
     text_model = dict(d_model=256, n_heads=4, d_head=64, n_layers=4, d_ff=1024)
+    # Path-X is trained here with the same model and settings as Pathfinder.
+    pathfinder_model = dict(d_model=32, n_heads=2, d_head=8, n_layers=1, d_ff=32)
+    pathfinder_train = dict(
+        batch_size=512, num_steps=62_400, learning_rate=1e-3, warmup_steps=312, schedule="cosine"
+    )
     return Preset(
         name="lra",
         description="LRA's published sizes per task (its configs); for an accelerator",
@@ -1095,14 +1100,8 @@ def _lra_preset() -> Preset:
                 1024,
                 **_pathfinder(32, 200_000),
                 pooling="mean",
-                model=dict(d_model=32, n_heads=2, d_head=8, n_layers=1, d_ff=32),
-                train=dict(
-                    batch_size=512,
-                    num_steps=62_400,
-                    learning_rate=1e-3,
-                    warmup_steps=312,
-                    schedule="cosine",
-                ),
+                model=pathfinder_model,
+                train=pathfinder_train,
                 describe="LRA's folder if present, else 200,000 generated images",
             ),
             "pathx": TaskSpec(
@@ -1110,14 +1109,8 @@ def _lra_preset() -> Preset:
                 16384,
                 **_pathfinder(128, 200_000),
                 pooling="mean",
-                model=dict(d_model=32, n_heads=2, d_head=8, n_layers=1, d_ff=32),
-                train=dict(
-                    batch_size=512,
-                    num_steps=62_400,
-                    learning_rate=1e-3,
-                    warmup_steps=312,
-                    schedule="cosine",
-                ),
+                model=pathfinder_model,
+                train=pathfinder_train,
                 describe="LRA's released Path-X folder",
             ),
         },
