@@ -110,11 +110,18 @@ def series_table(args: argparse.Namespace) -> list[Series]:
     causal); its projections span the longest length of the sweep.
     """
     chunk, block = args.chunk, args.block
+    # The window kernel's implementation (LSH, local); named in the series when not the default.
+    window = (("window_implementation", args.window),)
+    suffix = "" if args.window == "xla" else f" ({args.window})"
     table: dict[str, list[Series]] = {
         "full": [Series("full", "full")],
-        "local": [Series("local", "local", (("local_chunk_len", chunk),))],
+        "local": [Series(f"local{suffix}", "local", (("local_chunk_len", chunk), *window))],
         "lsh": [
-            Series(f"lsh x{h}", "lsh", (("lsh_chunk_len", chunk), ("lsh_n_hashes", h)))
+            Series(
+                f"lsh x{h}{suffix}",
+                "lsh",
+                (("lsh_chunk_len", chunk), ("lsh_n_hashes", h), *window),
+            )
             for h in args.hashes
         ],
         "star": [
@@ -682,6 +689,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", type=int, default=256, help="Performer's random features")
     p.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help=f"subset of {','.join(KINDS)}")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--window",
+        default="xla",
+        choices=["xla", "pallas"],
+        help="window_implementation of the local and LSH series (pallas: for GPUs)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed runs after the warm-up")
     p.add_argument(
         "--max-seconds",

@@ -40,6 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ordinary", action="store_true", help="activation-storing stack")
     parser.add_argument("--dropout", type=float, default=0.0, help="every dropout rate")
     parser.add_argument("--dtype", default="float32", help="compute dtype (parameters float32)")
+    parser.add_argument(
+        "--window",
+        default="xla",
+        choices=["xla", "pallas"],
+        help="window_implementation of the LSH and local layers (pallas: for GPUs)",
+    )
     parser.add_argument("--profile", default="", help="write a jax.profiler trace here")
     parser.add_argument("--hlo-out", default="", help="write the compiled step's HLO text here")
     return parser.parse_args(argv)
@@ -78,6 +84,7 @@ def model_config(args: argparse.Namespace):
         local_dropout=args.dropout,
         ff_dropout=args.dropout,
         dtype=args.dtype,
+        window_implementation=args.window,
     )
 
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 POSITION_KINDS = ("axial", "learned", "sinusoidal", "none")
 ACTIVATIONS = ("relu", "gelu")
 RESIDUAL_KINDS = ("reversible", "standard")
+WINDOW_IMPLEMENTATIONS = ("xla", "pallas")  # reformer_jax.kernels.window.window_attention
 DTYPES = {
     "float32": jnp.float32,
     "bfloat16": jnp.bfloat16,
@@ -58,6 +59,10 @@ class ReformerConfig:
     local_chunks_before: int = 1
     local_chunks_after: int = 0
     local_wrap_around: bool = False  # True reproduces the Trax / HF neighbour lookup.
+    # How the LSH and local kinds run their chunked window attention: "xla" (a loop over blocks
+    # of chunks; every backend) or "pallas" (one fused kernel per direction, written for GPUs;
+    # chunk lengths and d_head powers of two >= 16, no attention dropout; interpreted on CPU).
+    window_implementation: str = "xla"
 
     # Segment recurrence (Transformer-XL, the "relative" kind; docs/memory.md). Each layer keeps
     # the last mem_len states of its attention-branch input (stop-gradient) and attends over
@@ -277,6 +282,12 @@ class ReformerConfig:
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:
                 fail(name, f"must be in [0, 1), got {rate}", "use a rate like 0.1")
+        if self.window_implementation not in WINDOW_IMPLEMENTATIONS:
+            fail(
+                "window_implementation",
+                f"unknown {self.window_implementation!r}",
+                f"use one of {list(WINDOW_IMPLEMENTATIONS)}",
+            )
         if self.ff_activation not in ACTIVATIONS:
             fail("ff_activation", f"unknown {self.ff_activation!r}", f"use {list(ACTIVATIONS)}")
         if self.residual not in RESIDUAL_KINDS:

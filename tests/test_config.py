@@ -19,11 +19,27 @@ from reformer_jax.config import ReformerConfig
         (dict(dtype="int8"), "dtype"),
         (dict(d_model=0), "d_model"),
         (dict(pos_embedding="rotary"), "pos_embedding"),
+        (dict(window_implementation="cuda"), "window_implementation"),
+        # The Pallas window kernel's limits, for the kinds in the pattern only.
+        (dict(window_implementation="pallas", lsh_chunk_len=24), "lsh_chunk_len"),
+        (dict(window_implementation="pallas", d_head=8), "d_head"),
+        (dict(window_implementation="pallas", lsh_dropout=0.1), "lsh_dropout"),
+        (
+            dict(window_implementation="pallas", attention_pattern=("local",), local_dropout=0.1),
+            "local_dropout",
+        ),
     ],
 )
 def test_invalid_settings_name_the_setting_and_the_fix(overrides, setting):
     with pytest.raises(ValueError, match=rf"model\.{setting}: .*; "):
         ReformerConfig(**overrides)
+
+
+def test_pallas_limits_apply_to_the_kinds_in_the_pattern_only():
+    # Catches the Pallas checks applied to a kind the model does not use (local's chunk length
+    # when only LSH layers attend through the window kernel).
+    cfg = ReformerConfig(window_implementation="pallas", local_chunk_len=24, local_dropout=0.1)
+    assert cfg.attention_pattern == ("lsh",)
 
 
 def test_from_config_dict_and_unknown_keys():

@@ -25,6 +25,7 @@ def local_attention(
     scale: float | None = None,
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
+    implementation: str = "xla",
 ) -> jax.Array:
     """Local (chunked, banded) softmax attention.
 
@@ -44,6 +45,8 @@ def local_attention(
         one when ``n_chunks_after > 0`` (the last chunks then see the first ones).
       scale: multiplies ``q . k``; default ``1 / sqrt(d_head)``.
       dropout_rate, dropout_key: dropout on the attention probabilities.
+      implementation: ``"xla"`` or ``"pallas"`` (:func:`reformer_jax.kernels.window.
+        window_attention`).
 
     Returns:
       ``[batch, heads, length, d_v]``. Time and memory are linear in length: the scores are
@@ -82,5 +85,6 @@ def local_attention(
         key_valid=key_valid,
         dropout_rate=dropout_rate,
         dropout_key=dropout_key,
+        implementation=implementation,
     )
     return out[:, :, :length]

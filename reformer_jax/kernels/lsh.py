@@ -205,6 +205,7 @@ def lsh_attention(
     attend_across_buckets: bool = True,
     buckets: jax.Array | None = None,
     order: LSHOrder | None = None,
+    implementation: str = "xla",
 ) -> jax.Array:
     """LSH self-attention with shared queries and keys.
 
@@ -232,6 +233,8 @@ def lsh_attention(
         multiple of ``chunk_len``): the reversible backward passes the forward's, so that it
         neither hashes nor sorts again. ``buckets`` are then needed only with
         ``attend_across_buckets=False``.
+      implementation: how the sorted chunks attend, ``"xla"`` or ``"pallas"``
+        (:func:`reformer_jax.kernels.window.window_attention`).
 
     Returns:
       ``[batch, heads, length, d_v]``. A token attends to itself only when no other key is
@@ -319,6 +322,7 @@ def lsh_attention(
         key_group=key_group,
         dropout_rate=dropout_rate,
         dropout_key=dropout_key,
+        implementation=implementation,
     )
     out = take_rows(out_sorted, unsort, sorted_slot)
     out = out.reshape(batch, heads, n_hashes, padded_len, -1)

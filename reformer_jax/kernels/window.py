@@ -13,6 +13,7 @@ scores at a time, and never stores probabilities.
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import NamedTuple
 
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reformer_jax.kernels import window_pallas
 from reformer_jax.kernels.masking import mask_values, score_dtype
 
 # Queries per loop iteration: large enough to amortise the loop, small enough that the block's
@@ -39,6 +41,8 @@ class WindowSpec(NamedTuple):
     scale: float
     dropout_rate: float
     block_chunks: int
+    implementation: str = "xla"  # or "pallas" (reformer_jax.kernels.window_pallas)
+    interpret: bool = False  # the Pallas kernels in Pallas's interpreter (CPU)
 
 
 def chunks_per_block(n_chunks: int, chunk_len: int, block_queries: int = BLOCK_QUERIES) -> int:
@@ -65,6 +69,7 @@ def window_attention(
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
     block_queries: int = BLOCK_QUERIES,
+    implementation: str = "xla",
 ) -> tuple[jax.Array, jax.Array]:
     """Chunked look-around attention of one sequence with itself.
 
@@ -86,6 +91,9 @@ def window_attention(
         are masked (LSH without attending across buckets).
       dropout_rate, dropout_key: dropout on the probabilities, the same in the backward pass.
       block_queries: queries per loop iteration (rounded to whole chunks dividing the chunks).
+      implementation: ``"xla"``, the blocked loop of this module, or ``"pallas"``, one Pallas
+        kernel per direction (:mod:`reformer_jax.kernels.window_pallas`; for GPUs, run by
+        Pallas's interpreter on a CPU; no dropout).
 
     Returns:
       ``(out [batch, heads, n, d_v], lse [batch, heads, n])``: the attention output and each
@@ -98,6 +106,14 @@ def window_attention(
         raise ValueError(f"window_attention: length {n} is not a multiple of chunk_len {chunk_len}")
     if dropout_rate > 0 and dropout_key is None:
         raise ValueError("dropout_rate > 0 needs an explicit dropout_key (a jax.random key)")
+    interpret = False
+    if implementation == "pallas":
+        window_pallas.check_supported(chunk_len, q.shape[-1], v.shape[-1], dropout_rate)
+        interpret = _pallas_interpreted()
+    elif implementation != "xla":
+        raise ValueError(
+            f"window_attention: implementation {implementation!r} is not one of 'xla', 'pallas'"
+        )
     spec = WindowSpec(
         chunk_len=chunk_len,
         n_before=n_before,
@@ -108,11 +124,30 @@ def window_attention(
         scale=float(scale),
         dropout_rate=float(dropout_rate),
         block_chunks=chunks_per_block(n // chunk_len, chunk_len, block_queries),
+        implementation=implementation,
+        interpret=interpret,
     )
     if dropout_rate == 0:
         dropout_key = None
     aux = (positions.astype(jnp.int32), key_valid, key_group, dropout_key)
     return _window_attention(spec, q, k, v, aux)
+
+
+def _pallas_interpreted() -> bool:
+    """Whether the Pallas kernels must run in the interpreter: on a CPU; refused on a TPU."""
+    backend = jax.default_backend()
+    if backend == "tpu":
+        raise ValueError(
+            "window_implementation='pallas': the Pallas window kernels are written for GPUs "
+            "(Triton); on a TPU use window_implementation='xla'"
+        )
+    if backend == "cpu":
+        warnings.warn(  # once per call site, by Python's default warning filter
+            "window_implementation='pallas' runs in Pallas's interpreter on a CPU: slow, for "
+            "tests; use window_implementation='xla' on a CPU",
+            stacklevel=3,
+        )
+    return backend == "cpu"
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -278,6 +313,11 @@ def _keep_mask(spec: WindowSpec, key: jax.Array | None, step: jax.Array, shape):
 
 
 def _forward(spec: WindowSpec, q, k, v, aux):
+    if spec.implementation == "pallas":
+        positions, key_valid, key_group, _ = aux
+        return window_pallas.forward(
+            spec, q, k, v, positions, key_valid, key_group, interpret=spec.interpret
+        )
     dropout_key = aux[3]
     xs, n_chunks = _block_inputs(spec, q, k, v, aux)
 
@@ -306,6 +346,21 @@ def _forward(spec: WindowSpec, q, k, v, aux):
 
 
 def _backward(spec: WindowSpec, q, k, v, aux, stats, d_out, d_lse):
+    if spec.implementation == "pallas":
+        positions, key_valid, key_group, _ = aux
+        return window_pallas.backward(
+            spec,
+            q,
+            k,
+            v,
+            positions,
+            key_valid,
+            key_group,
+            stats,
+            d_out,
+            d_lse,
+            interpret=spec.interpret,
+        )
     dropout_key = aux[3]
     xs, n_chunks = _block_inputs(spec, q, k, v, aux)
     xs["row_max"] = _blocks(spec, stats[0])

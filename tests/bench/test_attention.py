@@ -40,6 +40,23 @@ def test_every_kind_of_the_registry_is_a_series():
         assert cfg.causal == (series.kind != "linformer")
 
 
+def test_window_flag_reaches_the_window_kinds_and_their_names():
+    """Catches --window parsed but not applied (the Pallas series would time the XLA kernel
+    under another name), applied to kinds without a window, or series that keep the default
+    name (their results would overwrite the XLA kernel's)."""
+    from bench import train_step
+
+    for window in ("xla", "pallas"):
+        args = bench.parse_args(["--window", window])
+        for series in bench.series_table(args):
+            cfg = series.config(args.heads, args.d_head)
+            windowed = series.kind in ("lsh", "local")
+            assert cfg.window_implementation == (window if windowed else "xla")
+            assert series.name.endswith(" (pallas)") == (windowed and window == "pallas")
+        step_args = train_step.parse_args(["--window", window])
+        assert train_step.model_config(step_args).window_implementation == window
+
+
 def test_crossover_below_interpolated_extrapolated_and_never():
     """Catches a crossover taken on the wrong side of 1, interpolated linearly instead of in
     log-log, or read at lengths where full attention was not run without saying so."""

@@ -341,3 +341,38 @@ def test_new_kinds_config_errors_are_one_line_and_name_the_setting():
         assert message.startswith(setting + ":") and "\n" not in message, message
     with pytest.raises(ValueError, match="mixes future positions"):
         tiny_config(attention_pattern=("linformer",), causal=True)
+
+
+@pytest.mark.filterwarnings("ignore:window_implementation='pallas' runs in Pallas")
+def test_window_implementation_reaches_lsh_and_local_layers(x64):
+    # Catches the setting not passed on by a kind (its layers would keep the XLA kernel, and the
+    # Pallas one would be untested in a model), and a Pallas kernel that breaks the reversible
+    # stack's replayed backward: the model's loss and every gradient must match the XLA
+    # kernel's in float64, through both kinds.
+    from tests.model_utils import loss_and_grads, random_tokens
+
+    results = {}
+    for implementation in ("xla", "pallas"):
+        cfg = tiny_config(
+            attention_pattern=("lsh", "local"),
+            d_head=16,
+            lsh_chunk_len=16,
+            local_chunk_len=16,
+            hash_seed=0,
+            axial_shape=(8, 8),
+            dtype="float64",
+            param_dtype="float64",
+            window_implementation=implementation,
+        )
+        model = ReformerLM(cfg, rngs=nnx.Rngs(0))
+        tokens = random_tokens(cfg, (2, 64))
+        results[implementation] = loss_and_grads(model, tokens)
+        graphdef, state = nnx.split(model)
+        apply = lambda s, g=graphdef, t=tokens: nnx.merge(g, s)(t)  # noqa: E731
+        program = str(jax.make_jaxpr(apply)(state))
+        # One Pallas forward kernel per layer (LSH, then local), none with "xla".
+        assert program.count("pallas_call[") == (2 if implementation == "pallas" else 0)
+    (loss_xla, grads_xla), (loss_pallas, grads_pallas) = results["xla"], results["pallas"]
+    assert abs(float(loss_pallas) - float(loss_xla)) < 1e-12
+    for a, b in zip(jax.tree.leaves(grads_pallas), jax.tree.leaves(grads_xla), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)

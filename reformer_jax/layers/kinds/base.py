@@ -130,3 +130,28 @@ class AttentionKind:
         """One new position per row (``q``, ``k``, ``v`` ``[B, H, d]`` at ``positions [B]``):
         ``(out [B, H, d], new cache)``."""
         raise NotImplementedError
+
+
+def validate_window_implementation(
+    cfg: ReformerConfig, used: bool, fail: Fail, chunk_field: str, dropout_field: str
+) -> None:
+    """What ``window_implementation="pallas"`` needs of a kind that attends through the window
+    kernel (LSH, local): Triton's tile sizes and no attention dropout."""
+    if not used or cfg.window_implementation != "pallas":
+        return
+    for name in (chunk_field, "d_head"):
+        size = getattr(cfg, name)
+        if size < 16 or size & (size - 1):
+            fail(
+                name,
+                f"{size} is not a power of two of at least 16, which "
+                "window_implementation='pallas' needs (Triton's tiles)",
+                "use e.g. 64, or window_implementation='xla'",
+            )
+    rate = getattr(cfg, dropout_field)
+    if rate > 0:
+        fail(
+            dropout_field,
+            f"{rate} > 0, but window_implementation='pallas' has no attention dropout",
+            f"set {dropout_field}=0, or window_implementation='xla'",
+        )

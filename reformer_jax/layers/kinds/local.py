@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from reformer_jax import kernels
 from reformer_jax.decoding import local as local_cache
-from reformer_jax.layers.kinds.base import AttentionKind
+from reformer_jax.layers.kinds.base import AttentionKind, validate_window_implementation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,6 +15,10 @@ class Local(AttentionKind):
     """``local_*`` fields; decoding keeps a ring of the band (exact)."""
 
     name: ClassVar[str] = "local"
+    also_reads: ClassVar[tuple[str, ...]] = ("window_implementation",)
+
+    def validate(self, cfg, used: bool, fail) -> None:
+        validate_window_implementation(cfg, used, fail, "local_chunk_len", "local_dropout")
 
     def attend(self, cfg, q, k, v, *, mask, dropout_key, draws=None, replay=None, params=None):
         out = kernels.local_attention(
@@ -29,6 +33,7 @@ class Local(AttentionKind):
             wrap_around=cfg.local_wrap_around,
             dropout_rate=cfg.local_dropout if dropout_key is not None else 0.0,
             dropout_key=dropout_key,
+            implementation=cfg.window_implementation,
         )
         return out, None
 

@@ -10,7 +10,7 @@ import jax
 
 from reformer_jax import kernels
 from reformer_jax.decoding import lsh as lsh_cache
-from reformer_jax.layers.kinds.base import AttentionKind, Fail
+from reformer_jax.layers.kinds.base import AttentionKind, Fail, validate_window_implementation
 
 if TYPE_CHECKING:
     from reformer_jax.config import ReformerConfig
@@ -49,9 +49,10 @@ class LSH(AttentionKind):
 
     name: ClassVar[str] = "lsh"
     shared_qk: ClassVar[bool] = True
-    also_reads: ClassVar[tuple[str, ...]] = ("full_attention_below",)
+    also_reads: ClassVar[tuple[str, ...]] = ("full_attention_below", "window_implementation")
 
     def validate(self, cfg: ReformerConfig, used: bool, fail: Fail) -> None:
+        validate_window_implementation(cfg, used, fail, "lsh_chunk_len", "lsh_dropout")
         nb = cfg.lsh_n_buckets
         factors = [nb] if isinstance(nb, int) else list(nb or ())
         if nb is not None and (not factors or any(f < 2 or f % 2 for f in factors)):
@@ -105,6 +106,7 @@ class LSH(AttentionKind):
             attend_across_buckets=cfg.lsh_attend_across_buckets,
             buckets=replay.buckets,
             order=replay.order,
+            implementation=cfg.window_implementation,
         )
         return out, replay
 

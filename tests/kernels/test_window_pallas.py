@@ -1,0 +1,172 @@
+"""The Pallas window kernels against the XLA ones (Pallas's interpreter on CPU), and their
+lowering for GPUs (Triton) checked by exporting for CUDA without a GPU."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+
+from reformer_jax.kernels import window, window_pallas
+from reformer_jax.kernels.window import WindowSpec, window_attention
+
+# LSH's layout (sorted positions, causal, self-mask, bucket groups, wrapping windows), local's
+# (a padded band that does not wrap), a bidirectional band, and a wider window.
+LAYOUTS = {
+    "lsh": dict(causal=True, exclude_self=True, group=True, valid=False, wrap=True, nb=1, na=0),
+    "local_padded": dict(
+        causal=True, exclude_self=False, group=False, valid=True, wrap=False, nb=1, na=0
+    ),
+    "bidirectional": dict(
+        causal=False, exclude_self=False, group=False, valid=True, wrap=False, nb=1, na=1
+    ),
+    "wide_wrapping": dict(
+        causal=False, exclude_self=True, group=True, valid=False, wrap=True, nb=2, na=1
+    ),
+}
+
+
+def _attention_and_grads(
+    implementation, layout, dtype, c=16, n=96, b=2, h=2, d=16, rounded_to=None
+):
+    keys = jax.random.split(jax.random.key(0), 6)
+    # The same values whatever the dtype (rounded_to: held in that dtype first).
+    q, k, v = (
+        jax.random.normal(key, (b, h, n, d)).astype(rounded_to or dtype).astype(dtype)
+        for key in keys[:3]
+    )
+    positions = jnp.stack(
+        [jax.random.permutation(key, n) for key in jax.random.split(keys[3], b * h)]
+    ).reshape(b, h, n)
+    key_valid = jax.random.bernoulli(keys[4], 0.8, (b, h, n)) if layout["valid"] else None
+    key_group = jax.random.randint(keys[5], (b, h, n), 0, 3) if layout["group"] else None
+
+    def loss(q, k, v):
+        out, lse = window_attention(
+            q,
+            k,
+            v,
+            positions,
+            chunk_len=c,
+            n_before=layout["nb"],
+            n_after=layout["na"],
+            wrap=layout["wrap"],
+            causal=layout["causal"],
+            exclude_self=layout["exclude_self"],
+            scale=0.7,
+            key_valid=key_valid,
+            key_group=key_group,
+            implementation=implementation,
+        )
+        # Weights that differ per feature and a nonlinear function of lse, so that every
+        # cotangent (d_out and d_lse) is exercised.
+        return jnp.sum(out**2 * jnp.arange(d)) + jnp.sum(jnp.sin(lse)), (out, lse)
+
+    (_, (out, lse)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    return out, lse, *grads
+
+
+@pytest.mark.filterwarnings("ignore:window_implementation='pallas' runs in Pallas")
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_pallas_matches_the_xla_kernel_in_float64(x64, layout):
+    # Catches any difference in the masks (causal by position, self, bucket groups, padding,
+    # chunks outside a non-wrapping sequence), a key piece's gradient added to the wrong chunk
+    # (the roll's direction), the lse cotangent or the scale left out of d_scores: each moves
+    # out, lse or a gradient by far more than float64 round-off.
+    expected = _attention_and_grads("xla", LAYOUTS[layout], jnp.float64)
+    got = _attention_and_grads("pallas", LAYOUTS[layout], jnp.float64)
+    for name, e, g in zip(("out", "lse", "dq", "dk", "dv"), expected, got, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:window_implementation='pallas' runs in Pallas")
+def test_bfloat16_inputs_are_computed_in_float32():
+    # Catches scores or softmax statistics computed in bfloat16 (an exp in bfloat16 moves lse
+    # by 1e-8 relative, a bfloat16 score by far more): against the float32 computation on the
+    # same (bfloat16-held) inputs, lse (float32 in both kernels) agrees to float32 round-off,
+    # and the bfloat16 results differ by their final rounding, as the XLA kernel's do.
+    exact = _attention_and_grads("xla", LAYOUTS["lsh"], jnp.float32, rounded_to=jnp.bfloat16)
+    for implementation in ("xla", "pallas"):
+        got = _attention_and_grads(implementation, LAYOUTS["lsh"], jnp.bfloat16)
+        for name, g, e in zip(("out", "lse", "dq", "dk", "dv"), got, exact, strict=True):
+            assert g.dtype == (jnp.float32 if name == "lse" else jnp.bfloat16), name
+            g, e = np.asarray(g, np.float32), np.asarray(e, np.float32)
+            relative = np.linalg.norm(g - e) / np.linalg.norm(e)
+            assert relative < (1e-9 if name == "lse" else 4e-3), (implementation, name, relative)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("layout", ["lsh", "bidirectional"])
+def test_the_kernels_lower_for_gpus(layout, dtype):
+    # Catches what Triton cannot lower (a first version joined the neighbour chunks along
+    # their rows, and Triton concatenates only along the last axis), at the step's sizes:
+    # chunks of 64, d_head 64, 4,096 sorted positions. Exported for CUDA, no GPU needed.
+    L = LAYOUTS[layout]
+    spec = WindowSpec(
+        chunk_len=64,
+        n_before=L["nb"],
+        n_after=L["na"],
+        wrap=L["wrap"],
+        causal=L["causal"],
+        exclude_self=L["exclude_self"],
+        scale=0.125,
+        dropout_rate=0.0,
+        block_chunks=32,
+        implementation="pallas",
+    )
+    shape = jax.ShapeDtypeStruct
+    b, h, n, d = 1, 4, 4096, 64
+    x = shape((b, h, n, d), dtype)
+    rows = shape((b, h, n), jnp.float32)
+    ints = shape((b, h, n), jnp.int32)
+    valid = shape((b, h, n), jnp.bool_) if L["valid"] else None
+    group = ints if L["group"] else None
+
+    def forward(q, k, v, positions, valid, group):
+        return window_pallas.forward(spec, q, k, v, positions, valid, group, interpret=False)
+
+    def backward(q, k, v, positions, valid, group, stats, d_out, d_lse):
+        return window_pallas.backward(
+            spec, q, k, v, positions, valid, group, stats, d_out, d_lse, interpret=False
+        )
+
+    triton = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+    inputs = (x, x, x, ints, valid, group)
+    for fn, args in ((forward, inputs), (backward, (*inputs, (rows, rows), x, rows))):
+        exported = export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=triton)(*args)
+        assert "xla.gpu.triton" in exported.mlir_module()
+
+
+def test_unsupported_settings_name_the_way_round():
+    # Catches a Triton compile error deep in XLA (or silently dropped dropout) instead of an
+    # error that says what to use.
+    q = jnp.zeros((1, 1, 48, 16))
+    positions = jnp.zeros((1, 1, 48), jnp.int32)
+    common = dict(n_before=1, n_after=0, wrap=False, causal=True, exclude_self=False, scale=1.0)
+    with pytest.raises(ValueError, match="chunk_len 24 is not a power of two.*'xla'"):
+        window_attention(q, q, q, positions, chunk_len=24, implementation="pallas", **common)
+    with pytest.raises(ValueError, match="dropout 0.1 is not supported.*'xla'"):
+        window_attention(
+            q,
+            q,
+            q,
+            positions,
+            chunk_len=16,
+            implementation="pallas",
+            dropout_rate=0.1,
+            dropout_key=jax.random.key(0),
+            **common,
+        )
+    with pytest.raises(ValueError, match="implementation 'triton' is not one of"):
+        window_attention(q, q, q, positions, chunk_len=16, implementation="triton", **common)
+
+
+def test_a_tpu_is_refused_and_a_cpu_interprets(monkeypatch):
+    # Catches the GPU-only kernels handed to Mosaic on a TPU (a lowering error naming compiler
+    # parameters), and a CPU run that neither interprets nor says it is slow.
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    with pytest.raises(ValueError, match="on a TPU use window_implementation='xla'"):
+        window._pallas_interpreted()
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    with pytest.warns(UserWarning, match="interpreter on a CPU"):
+        assert window._pallas_interpreted()
