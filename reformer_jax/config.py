@@ -60,8 +60,9 @@ class ReformerConfig:
     local_chunks_after: int = 0
     local_wrap_around: bool = False  # True reproduces the Trax / HF neighbour lookup.
     # How the LSH and local kinds run their chunked window attention: "xla" (a loop over blocks
-    # of chunks; every backend) or "pallas" (one fused kernel per direction, written for GPUs;
-    # chunk lengths and d_head powers of two >= 16, no attention dropout; interpreted on CPU).
+    # of chunks; every backend) or "pallas" (one fused kernel per direction: Triton on GPUs,
+    # Mosaic on TPUs, interpreted on CPU; chunk lengths and d_head powers of two >= 16, no
+    # attention dropout, no model-parallel mesh axis).
     window_implementation: str = "xla"
 
     # Segment recurrence (Transformer-XL, the "relative" kind; docs/memory.md). Each layer keeps

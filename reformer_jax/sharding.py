@@ -190,7 +190,9 @@ def per_batch_shard(
     ``batched``: arrays whose leading axis is the batch (split over ``data`` x ``fsdp``);
     ``shared``: arrays every shard needs whole (random draws, parameters); ``key``: a PRNG key
     (or None) into which each shard folds its index, so shards draw independent dropout masks.
-    ``fn`` returns batch-first arrays. The ``model`` axis stays with XLA. Without a mesh that
+    ``fn`` returns batch-first arrays. The ``model`` axis stays with XLA (when it has more than
+    one device; of size 1, the whole mesh is manual, which kernels that XLA cannot partition,
+    the Pallas ones, need). Without a mesh that
     splits the batch this is ``fn(batched, shared, key)``, so dropout masks (not their
     statistics) depend on how many devices split the batch.
 
@@ -209,6 +211,8 @@ def per_batch_shard(
         return fn(batched, shared, key)
 
     rows, whole = P(BATCH_AXES), P()
+    others = [a for a in mesh.axis_names if a not in BATCH_AXES]
+    manual = set(BATCH_AXES) if any(mesh.shape[a] > 1 for a in others) else set(mesh.axis_names)
     return jax.shard_map(
         local,
         mesh=mesh,
@@ -218,7 +222,7 @@ def per_batch_shard(
             whole,
         ),
         out_specs=rows,
-        axis_names=set(BATCH_AXES),
+        axis_names=manual,
         # The kernels are written for plain arrays: their scans start from fresh (unvarying)
         # carries, e.g. Performer's prefix sums, which the varying-axes check rejects. Without
         # the check the gradients of the ``shared`` inputs are still summed over the shards.

@@ -137,6 +137,53 @@ def test_constrained_model_has_one_devices_loss_and_gradients(x64, residual):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
 
 
+def test_per_batch_shard_is_wholly_manual_when_the_model_axis_has_one_device():
+    """Catches a shard map that leaves a one-device model axis to XLA: kernels XLA cannot
+    partition (the Pallas window kernels are custom calls) then fail to compile on a data- or
+    FSDP-parallel mesh. With heads on a real model axis, that axis must stay with XLA."""
+    seen = {}
+
+    def record(batched, shared, key):
+        mesh = jax.sharding.get_abstract_mesh()
+        seen.update(zip(mesh.axis_names, mesh.axis_types, strict=True))
+        return batched[0] * 2.0
+
+    x = jax.numpy.ones((8, 4))
+    manual, auto = jax.sharding.AxisType.Manual, jax.sharding.AxisType.Auto
+    for mesh_shape, model_type in (((4, 2, 1), manual), ((4, 2), auto)):
+        seen.clear()
+        with jax.set_mesh(shd.make_mesh(mesh_shape)):
+            jax.jit(lambda x: shd.per_batch_shard(record, (x,), None))(x)
+        assert seen == {"data": manual, "fsdp": manual, "model": model_type}, mesh_shape
+
+
+@pytest.mark.filterwarnings("ignore:window_implementation='pallas' runs in Pallas")
+def test_pallas_window_kernels_train_on_a_data_parallel_mesh_and_refuse_a_model_axis(x64):
+    """Catches the Pallas kernels outside the per-shard map (wrong rows per shard), and a model
+    axis of several devices reaching them, which XLA cannot partition (on a TPU, a Mosaic
+    lowering error): refused with the mesh settings that work."""
+    cfg = tiny_config(
+        attention_pattern=("lsh", "local"),
+        d_head=16,
+        lsh_chunk_len=16,
+        local_chunk_len=16,
+        axial_shape=(8, 8),
+        dtype="float64",
+        param_dtype="float64",
+        window_implementation="pallas",
+    )
+    tokens = random_tokens(cfg, (8, 64))
+    one_loss, one_grads = _sharded_loss_and_grads(cfg, tokens, None)
+    loss, grads = _sharded_loss_and_grads(cfg, tokens, (4, 2, 1))
+    np.testing.assert_allclose(loss, one_loss, rtol=1e-10)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(one_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+    with pytest.raises(
+        ValueError, match="mesh axis 'model' \\(2 devices\\).*window_implementation='xla'"
+    ):
+        _sharded_loss_and_grads(cfg, tokens, (4, 2))
+
+
 def test_constraints_are_no_ops_without_a_mesh_or_an_even_split():
     """Catches a constraint that demands a mesh (single-device code and unit tests have none) or
     one that forces an uneven split of the batch."""

@@ -42,7 +42,6 @@ class WindowSpec(NamedTuple):
     dropout_rate: float
     block_chunks: int
     implementation: str = "xla"  # or "pallas" (reformer_jax.kernels.window_pallas)
-    interpret: bool = False  # the Pallas kernels in Pallas's interpreter (CPU)
 
 
 def chunks_per_block(n_chunks: int, chunk_len: int, block_queries: int = BLOCK_QUERIES) -> int:
@@ -92,8 +91,8 @@ def window_attention(
       dropout_rate, dropout_key: dropout on the probabilities, the same in the backward pass.
       block_queries: queries per loop iteration (rounded to whole chunks dividing the chunks).
       implementation: ``"xla"``, the blocked loop of this module, or ``"pallas"``, one Pallas
-        kernel per direction (:mod:`reformer_jax.kernels.window_pallas`; for GPUs, run by
-        Pallas's interpreter on a CPU; no dropout).
+        kernel per direction (:mod:`reformer_jax.kernels.window_pallas`; Triton on GPUs, Mosaic
+        on TPUs, Pallas's interpreter on a CPU; no dropout).
 
     Returns:
       ``(out [batch, heads, n, d_v], lse [batch, heads, n])``: the attention output and each
@@ -106,10 +105,10 @@ def window_attention(
         raise ValueError(f"window_attention: length {n} is not a multiple of chunk_len {chunk_len}")
     if dropout_rate > 0 and dropout_key is None:
         raise ValueError("dropout_rate > 0 needs an explicit dropout_key (a jax.random key)")
-    interpret = False
     if implementation == "pallas":
         window_pallas.check_supported(chunk_len, q.shape[-1], v.shape[-1], dropout_rate)
-        interpret = _pallas_interpreted()
+        window_pallas.check_unpartitioned()
+        _warn_if_interpreted()
     elif implementation != "xla":
         raise ValueError(
             f"window_attention: implementation {implementation!r} is not one of 'xla', 'pallas'"
@@ -125,7 +124,6 @@ def window_attention(
         dropout_rate=float(dropout_rate),
         block_chunks=chunks_per_block(n // chunk_len, chunk_len, block_queries),
         implementation=implementation,
-        interpret=interpret,
     )
     if dropout_rate == 0:
         dropout_key = None
@@ -133,21 +131,15 @@ def window_attention(
     return _window_attention(spec, q, k, v, aux)
 
 
-def _pallas_interpreted() -> bool:
-    """Whether the Pallas kernels must run in the interpreter: on a CPU; refused on a TPU."""
-    backend = jax.default_backend()
-    if backend == "tpu":
-        raise ValueError(
-            "window_implementation='pallas': the Pallas window kernels are written for GPUs "
-            "(Triton); on a TPU use window_implementation='xla'"
-        )
-    if backend == "cpu":
+def _warn_if_interpreted() -> None:
+    """On a CPU the Pallas kernels run in Pallas's interpreter: correct, but slow."""
+    if jax.default_backend() == "cpu":
         warnings.warn(  # once per call site, by Python's default warning filter
             "window_implementation='pallas' runs in Pallas's interpreter on a CPU: slow, for "
-            "tests; use window_implementation='xla' on a CPU",
+            "tests; use window_implementation='xla' on a CPU (compiling ahead of time for a "
+            "GPU or TPU uses their kernels)",
             stacklevel=3,
         )
-    return backend == "cpu"
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -315,9 +307,7 @@ def _keep_mask(spec: WindowSpec, key: jax.Array | None, step: jax.Array, shape):
 def _forward(spec: WindowSpec, q, k, v, aux):
     if spec.implementation == "pallas":
         positions, key_valid, key_group, _ = aux
-        return window_pallas.forward(
-            spec, q, k, v, positions, key_valid, key_group, interpret=spec.interpret
-        )
+        return window_pallas.forward(spec, q, k, v, positions, key_valid, key_group)
     dropout_key = aux[3]
     xs, n_chunks = _block_inputs(spec, q, k, v, aux)
 
@@ -359,7 +349,6 @@ def _backward(spec: WindowSpec, q, k, v, aux, stats, d_out, d_lse):
             stats,
             d_out,
             d_lse,
-            interpret=spec.interpret,
         )
     dropout_key = aux[3]
     xs, n_chunks = _block_inputs(spec, q, k, v, aux)

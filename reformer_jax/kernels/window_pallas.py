@@ -1,19 +1,33 @@
 """The chunked look-around attention of :mod:`reformer_jax.kernels.window` as Pallas kernels.
 
-The XLA kernel loops over blocks of chunks (``lax.map``): on a CPU each block stays in cache,
-but on a GPU every iteration is a few dozen small kernel launches. Here one program handles one
-query chunk of one (batch, head) row: it reads the chunk's queries and its window's key and value
-chunks, and computes the scores, masks, softmax and output in one kernel (the backward likewise),
-so nothing score-sized ever reaches memory.
+The XLA kernel loops over blocks of chunks (``lax.map``). On a CPU each block stays in cache;
+on a GPU or TPU every iteration is a few dozen small kernel launches. Here one program handles
+one query chunk of one (batch, head) row. It reads the chunk's queries and its window's key and
+value chunks, and computes the scores, masks, softmax and output in one kernel; the backward
+works the same way. Nothing score-sized ever reaches memory.
 
 The semantics are the XLA kernel's, mask for mask: the same outputs ``(out, lse)`` and the same
-softmax statistics (row maximum and row sum, kept for the backward pass), tested against it in
-Pallas's interpreter (``tests/kernels/test_window_pallas.py``). The kernels are written for
-Pallas's Triton back end (GPU): the neighbour chunks are separate score pieces (Triton joins
-arrays only along their last axis), and ``chunk_len`` and ``d_head`` must be powers of two of
-at least 16 (Triton's dot). Dropout on the probabilities is not supported (it would need the XLA
-kernel's random bits): :func:`reformer_jax.kernels.window.window_attention` refuses the
-combination. On a CPU the kernels run in the interpreter, which is slow and meant for tests.
+softmax statistics (row maximum and row sum, kept for the backward pass). They are tested
+against it in Pallas's interpreter (``tests/kernels/test_window_pallas.py``).
+
+The back end is chosen when the program is lowered for its platform:
+- Triton on GPUs;
+- Mosaic on TPUs, so a CPU host compiling ahead of time for a TPU topology gets the TPU kernel;
+- the interpreter elsewhere (a CPU), which is slow and meant for tests.
+
+Both compiled back ends are checked by the tests, without the hardware: an export for CUDA, and
+a compile for a TPU v5e.
+
+Two constraints shape the kernels. The neighbour chunks are separate score pieces, because
+Triton joins arrays only along their last axis. ``chunk_len`` and ``d_head`` must be powers of
+two of at least 16, for both back ends' tiles.
+
+Not supported:
+- dropout on the probabilities (it would need the XLA kernel's random bits);
+- a mesh axis left to XLA's partitioner, such as heads on a model axis (custom calls cannot be
+  partitioned).
+
+:func:`reformer_jax.kernels.window.window_attention` refuses both, saying what to use instead.
 """
 
 from __future__ import annotations
@@ -47,7 +61,31 @@ def check_supported(chunk_len: int, d_head: int, d_v: int, dropout_rate: float) 
         raise ValueError(
             "the Pallas window kernel: "
             + "; ".join(problems)
-            + " (Triton's tiles); use implementation 'xla' (config: window_implementation='xla')"
+            + " (its tiles); use implementation 'xla' (config: window_implementation='xla')"
+        )
+
+
+def check_unpartitioned() -> None:
+    """Raises ValueError where XLA would have to partition the kernels (it cannot: they are
+    custom calls): inside a mesh (``jax.set_mesh``) with an automatic axis of several devices.
+    The layers run the attention kernels per batch shard (:func:`reformer_jax.sharding.
+    per_batch_shard`), which makes the batch axes manual, and the whole mesh when its other
+    axes have one device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return
+    types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
+    split = [
+        f"{name!r} ({mesh.shape[name]} devices)"
+        for name in mesh.axis_names
+        if mesh.shape[name] > 1 and types[name] != jax.sharding.AxisType.Manual
+    ]
+    if split:
+        raise ValueError(
+            f"the Pallas window kernel cannot be partitioned by XLA, and mesh axis "
+            f"{', '.join(split)} is left to it here (heads on a model axis, or a batch that "
+            "does not divide over the data axes); use a mesh_shape whose model axis is 1, a "
+            "batch divisible by the data-parallel size, or window_implementation='xla'"
         )
 
 
@@ -55,37 +93,40 @@ def _offsets(spec) -> range:
     return range(-spec.n_before, spec.n_after + 1)
 
 
-def _pieces(spec, n_chunks, q, q_pos, k_ref, kpos_ref, valid_ref, group_ref):
+# Layout. Every array is cut into chunks, ``[rows, n_chunks, chunk_len, ...]`` (rows = batch x
+# heads), and a program's blocks are its query chunk and, one input per neighbour offset, the
+# neighbour key and value chunks (index maps wrap or clip the chunk index). So each program
+# reads only its window, which Mosaic (TPU) copies into VMEM block by block and Triton reads by
+# pointer. Per-position integers come as columns ``[.., c, 1]`` for the queries and as rows
+# ``[.., 1, c]`` for the keys: their comparison broadcasts to the ``[c, c]`` scores with no
+# transpose inside the kernel.
+
+
+def _pieces(spec, n_chunks, q, refs):
     """Masked scores ``[c, c]`` against each neighbour chunk, the mask of replaced entries, and
-    the chunk index each piece read."""
+    the neighbour's offset."""
     c = spec.chunk_len
     j = pl.program_id(1)
     n_chunks = jnp.int32(n_chunks)  # a Python int would be int64 under jax_enable_x64
     dtype = q.dtype
     mask_value, self_value = mask_values(dtype)
-    q_group = None
+    q_pos = refs["q_pos"][...]  # [c, 1]
     pieces = []
     for offset in _offsets(spec):
-        chunk = j + offset
         in_range = None
-        if spec.wrap:
-            chunk = jax.lax.rem(chunk + n_chunks, n_chunks)
-        else:
+        if not spec.wrap:
+            chunk = j + offset
             in_range = (chunk >= 0) & (chunk < n_chunks)
-            chunk = jnp.clip(chunk, jnp.int32(0), n_chunks - 1)
-        rows = pl.ds(chunk * c, c)
-        k = k_ref[rows, :].astype(dtype)
+        k = refs[f"k{offset}"][...].astype(dtype)
         scores = _dot(q, k, _NT) * jnp.asarray(spec.scale, dtype)
-        k_pos = kpos_ref[rows]
+        k_pos = refs[f"k_pos{offset}"][...]  # [1, c]
         conditions = []
         if spec.causal:
-            conditions.append(k_pos[None, :] <= q_pos[:, None])
-        if valid_ref is not None:
-            conditions.append(jnp.broadcast_to(valid_ref[rows][None, :] != 0, (c, c)))
-        if group_ref is not None:
-            if q_group is None:
-                q_group = group_ref[pl.ds(j * c, c)]
-            conditions.append(q_group[:, None] == group_ref[rows][None, :])
+            conditions.append(k_pos <= q_pos)
+        if f"k_valid{offset}" in refs:
+            conditions.append(jnp.broadcast_to(refs[f"k_valid{offset}"][...] != 0, (c, c)))
+        if f"k_group{offset}" in refs:
+            conditions.append(refs["q_group"][...] == refs[f"k_group{offset}"][...])
         if in_range is not None and (spec.n_before or spec.n_after):
             conditions.append(jnp.broadcast_to(in_range, (c, c)))
         allowed = functools.reduce(jnp.logical_and, conditions) if conditions else None
@@ -94,181 +135,216 @@ def _pieces(spec, n_chunks, q, q_pos, k_ref, kpos_ref, valid_ref, group_ref):
             scores = jnp.where(allowed, scores, mask_value)
             replaced = ~allowed
         if spec.exclude_self:
-            is_self = q_pos[:, None] == k_pos[None, :]
+            is_self = q_pos == k_pos
             scores = jnp.where(is_self, self_value, scores)
             replaced = is_self if replaced is None else replaced | is_self
-        pieces.append((scores, replaced, rows))
+        pieces.append((scores, replaced, offset))
     return pieces
 
 
-def _forward_kernel(spec, n_chunks, has_valid, has_group, *refs):
-    q_ref, qpos_ref, k_ref, v_ref, kpos_ref, *rest = refs
-    valid_ref = rest.pop(0) if has_valid else None
-    group_ref = rest.pop(0) if has_group else None
-    out_ref, max_ref, sum_ref = rest
-    dtype = score_dtype(q_ref.dtype)
-    q = q_ref[...].astype(dtype)
-    pieces = _pieces(spec, n_chunks, q, qpos_ref[...], k_ref, kpos_ref, valid_ref, group_ref)
+def _named(names, refs):
+    return dict(zip(names, refs, strict=True))
+
+
+def _forward_kernel(spec, n_chunks, in_names, *refs):
+    refs = _named((*in_names, "out", "row_max", "row_sum"), refs)
+    dtype = score_dtype(refs["q"].dtype)
+    q = refs["q"][...].astype(dtype)
+    pieces = _pieces(spec, n_chunks, q, refs)
     # Normalised by the row maximum, as the XLA kernel does (see its comment on lse).
-    row_max = functools.reduce(jnp.maximum, [jnp.max(s, axis=1) for s, _, _ in pieces])
-    out = jnp.zeros(out_ref.shape, dtype)
+    row_max = functools.reduce(
+        jnp.maximum, [jnp.max(s, axis=1, keepdims=True) for s, _, _ in pieces]
+    )
+    out = jnp.zeros(refs["out"].shape, dtype)
     row_sum = jnp.zeros(row_max.shape, dtype)
-    for scores, _, rows in pieces:
-        unnormalised = jnp.exp(scores - row_max[:, None])
-        row_sum = row_sum + jnp.sum(unnormalised, axis=1)
-        out = out + _dot(unnormalised, v_ref[rows, :].astype(dtype), _NN)
-    out_ref[...] = (out / row_sum[:, None]).astype(out_ref.dtype)
-    max_ref[...] = row_max
-    sum_ref[...] = row_sum
+    for scores, _, offset in pieces:
+        unnormalised = jnp.exp(scores - row_max)
+        row_sum = row_sum + jnp.sum(unnormalised, axis=1, keepdims=True)
+        out = out + _dot(unnormalised, refs[f"v{offset}"][...].astype(dtype), _NN)
+    refs["out"][...] = (out / row_sum).astype(refs["out"].dtype)
+    refs["row_max"][...] = row_max
+    refs["row_sum"][...] = row_sum
 
 
-def _backward_kernel(spec, n_chunks, has_valid, has_group, *refs):
-    q_ref, qpos_ref, k_ref, v_ref, kpos_ref, *rest = refs
-    valid_ref = rest.pop(0) if has_valid else None
-    group_ref = rest.pop(0) if has_group else None
-    max_ref, sum_ref, dout_ref, dlse_ref, dq_ref, *piece_refs = rest
-    dk_refs, dv_refs = piece_refs[: len(piece_refs) // 2], piece_refs[len(piece_refs) // 2 :]
-    dtype = score_dtype(q_ref.dtype)
-    q = q_ref[...].astype(dtype)
-    pieces = _pieces(spec, n_chunks, q, qpos_ref[...], k_ref, kpos_ref, valid_ref, group_ref)
-    row_max, row_sum = max_ref[...][:, None], sum_ref[...][:, None]
-    d_out = dout_ref[...].astype(dtype)
+def _backward_kernel(spec, n_chunks, in_names, *refs):
+    width = len(_offsets(spec))
+    dk_names = tuple(f"dk{i}" for i in range(width))
+    dv_names = tuple(f"dv{i}" for i in range(width))
+    refs = _named((*in_names, "dq", *dk_names, *dv_names), refs)
+    dtype = score_dtype(refs["q"].dtype)
+    q = refs["q"][...].astype(dtype)
+    pieces = _pieces(spec, n_chunks, q, refs)
+    row_max, row_sum = refs["row_max"][...], refs["row_sum"][...]  # [c, 1]
+    d_out = refs["d_out"][...].astype(dtype)
     probs, d_probs = [], []
     row_dot = jnp.zeros(row_max.shape, dtype)
-    for scores, _, rows in pieces:
+    for scores, _, offset in pieces:
         p = jnp.exp(scores - row_max) / row_sum
-        dp = _dot(d_out, v_ref[rows, :].astype(dtype), _NT)
+        dp = _dot(d_out, refs[f"v{offset}"][...].astype(dtype), _NT)
         row_dot = row_dot + jnp.sum(dp * p, axis=1, keepdims=True)
         probs.append(p)
         d_probs.append(dp)
-    d_lse = dlse_ref[...].astype(dtype)[:, None]
-    d_q = jnp.zeros(dq_ref.shape, dtype)
-    for i, (_, replaced, rows) in enumerate(pieces):
+    d_lse = refs["d_lse"][...].astype(dtype)
+    d_q = jnp.zeros(refs["dq"].shape, dtype)
+    for i, (_, replaced, offset) in enumerate(pieces):
         # Softmax backward; the lse output adds d_lse * probs (d lse / d score = prob).
         d_scores = probs[i] * (d_probs[i] - row_dot + d_lse)
         if replaced is not None:
             d_scores = jnp.where(replaced, 0.0, d_scores)
         d_scores = d_scores * jnp.asarray(spec.scale, dtype)
-        d_q = d_q + _dot(d_scores, k_ref[rows, :].astype(dtype), _NN)
+        d_q = d_q + _dot(d_scores, refs[f"k{offset}"][...].astype(dtype), _NN)
         # Key chunk j + offset's share from this query chunk; summed per key chunk outside.
-        dk_refs[i][...] = _dot(d_scores, q, _TRANSPOSE_LHS).astype(dk_refs[i].dtype)
-        dv_refs[i][...] = _dot(probs[i], d_out, _TRANSPOSE_LHS).astype(dv_refs[i].dtype)
-    dq_ref[...] = d_q.astype(dq_ref.dtype)
+        dk, dv = refs[dk_names[i]], refs[dv_names[i]]
+        dk[...] = _dot(d_scores, q, _TRANSPOSE_LHS).astype(dk.dtype)
+        dv[...] = _dot(probs[i], d_out, _TRANSPOSE_LHS).astype(dv.dtype)
+    refs["dq"][...] = d_q.astype(refs["dq"].dtype)
 
 
-def _specs(spec, n, d, d_v, has_valid, has_group):
+def _chunked(spec, x, *, column: bool = False, row: bool = False):
+    """``[b, h, n, ...]`` -> ``[b * h, n_chunks, c, ...]``; per-position arrays ``[b, h, n]`` as
+    columns ``[.., c, 1]`` or rows ``[.., 1, c]``."""
+    b, h, n = x.shape[:3]
     c = spec.chunk_len
-    chunk_rows = pl.BlockSpec((None, c, d), lambda i, j: (i, j, 0))
-    chunk_vector = pl.BlockSpec((None, c), lambda i, j: (i, j))
-    specs = [
-        chunk_rows,  # q
-        chunk_vector,  # query positions
-        pl.BlockSpec((None, n, d), lambda i, j: (i, 0, 0)),  # k: the whole row, sliced inside
-        pl.BlockSpec((None, n, d_v), lambda i, j: (i, 0, 0)),  # v
-        pl.BlockSpec((None, n), lambda i, j: (i, 0)),  # key positions
-    ]
-    specs += [pl.BlockSpec((None, n), lambda i, j: (i, 0))] * (int(has_valid) + int(has_group))
-    return specs, chunk_rows, chunk_vector
+    if column:
+        return x.reshape(b * h, n // c, c, 1)
+    if row:
+        return x.reshape(b * h, n // c, 1, c)
+    return x.reshape(b * h, n // c, c, *x.shape[3:])
 
 
-def _call(kernel, spec, out_shape, in_specs, out_specs, grid, interpret):
+def _inputs(spec, q, k, v, positions, key_valid, key_group):
+    """The kernels' inputs by name, with their block specs: the program's query chunk, and each
+    neighbour's key chunk."""
+    c = spec.chunk_len
+    n_chunks = q.shape[2] // c
+
+    def this_chunk(shape):
+        return pl.BlockSpec((None, None, *shape), lambda i, j: (i, j, 0, 0))
+
+    def neighbour(shape, offset):
+        def index(i, j):
+            count = jnp.asarray(n_chunks, j.dtype)  # not int64 under jax_enable_x64
+            chunk = j + jnp.asarray(offset, j.dtype)
+            if spec.wrap:
+                chunk = jax.lax.rem(chunk + count, count)
+            else:  # masked in the kernel; any chunk will do
+                chunk = jnp.clip(chunk, jnp.zeros_like(count), count - 1)
+            return i, chunk, 0, 0
+
+        return pl.BlockSpec((None, None, *shape), index)
+
+    inputs = {
+        "q": (_chunked(spec, q), this_chunk((c, q.shape[-1]))),
+        "q_pos": (_chunked(spec, positions, column=True), this_chunk((c, 1))),
+    }
+    rows = {
+        "k": _chunked(spec, k),
+        "v": _chunked(spec, v),
+        "k_pos": _chunked(spec, positions, row=True),
+    }
+    if key_valid is not None:
+        # Loaded as int32: neither Triton nor Mosaic loads booleans from memory.
+        rows["k_valid"] = _chunked(spec, key_valid.astype(jnp.int32), row=True)
+    if key_group is not None:
+        group = key_group.astype(jnp.int32)
+        inputs["q_group"] = (_chunked(spec, group, column=True), this_chunk((c, 1)))
+        rows["k_group"] = _chunked(spec, group, row=True)
+    for offset in _offsets(spec):
+        for name, array in rows.items():
+            inputs[f"{name}{offset}"] = (array, neighbour(array.shape[2:], offset))
+    return inputs, this_chunk, n_chunks
+
+
+def _call(kernel, out_shape, in_specs, out_specs, grid):
+    """The ``pallas_call``: Triton's on GPUs, Mosaic's on TPUs, the interpreter elsewhere (CPU),
+    chosen when the program is lowered for its platform (so a CPU host compiling ahead of time
+    for a TPU topology gets Mosaic's kernel)."""
+
+    def call(compiler_params=None, interpret=False):
+        return pl.pallas_call(
+            kernel,
+            out_shape=out_shape,
+            grid=grid,
+            in_specs=in_specs,
+            out_specs=out_specs,
+            interpret=interpret,
+            compiler_params=compiler_params,
+            name="window_attention",
+        )
+
+    from jax.experimental.pallas import tpu as pl_tpu
     from jax.experimental.pallas import triton as pl_triton
 
-    return pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
-        grid=grid,
-        in_specs=in_specs,
-        out_specs=out_specs,
-        interpret=interpret,
-        compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=1),
-        name="window_attention",
+    gpu = call(pl_triton.CompilerParams(num_warps=4, num_stages=1))
+    tpu = call(pl_tpu.CompilerParams(dimension_semantics=("parallel", "parallel")))
+    return lambda *args: jax.lax.platform_dependent(
+        *args, cuda=gpu, rocm=gpu, tpu=tpu, default=call(interpret=True)
     )
 
 
-def _flat(x):
-    return None if x is None else x.reshape(-1, *x.shape[2:])
-
-
-def forward(spec, q, k, v, positions, key_valid, key_group, *, interpret: bool):
+def forward(spec, q, k, v, positions, key_valid, key_group):
     """``(out [b, h, n, d_v], (row_max, row_sum) [b, h, n])`` as the XLA kernel's ``_forward``."""
-    b, h, n, d = q.shape
+    b, h, n, _ = q.shape
     d_v = v.shape[-1]
-    n_chunks = n // spec.chunk_len
-    has_valid, has_group = key_valid is not None, key_group is not None
-    extras = [x for x in (_valid_ints(key_valid), _flat(key_group)) if x is not None]
-    in_specs, chunk_rows, chunk_vector = _specs(spec, n, d, d_v, has_valid, has_group)
+    c = spec.chunk_len
+    inputs, this_chunk, n_chunks = _inputs(spec, q, k, v, positions, key_valid, key_group)
     stats_dtype = score_dtype(q.dtype)
-    out_shape = (
-        jax.ShapeDtypeStruct((b * h, n, d_v), v.dtype),
-        jax.ShapeDtypeStruct((b * h, n), stats_dtype),
-        jax.ShapeDtypeStruct((b * h, n), stats_dtype),
-    )
-    out_specs = (
-        pl.BlockSpec((None, spec.chunk_len, d_v), lambda i, j: (i, j, 0)),
-        chunk_vector,
-        chunk_vector,
-    )
-    kernel = functools.partial(_forward_kernel, spec, n_chunks, has_valid, has_group)
+    stats = jax.ShapeDtypeStruct((b * h, n_chunks, c, 1), stats_dtype)
+    out_shape = (jax.ShapeDtypeStruct((b * h, n_chunks, c, d_v), v.dtype), stats, stats)
+    out_specs = (this_chunk((c, d_v)), this_chunk((c, 1)), this_chunk((c, 1)))
+    kernel = functools.partial(_forward_kernel, spec, n_chunks, tuple(inputs))
     out, row_max, row_sum = _call(
-        kernel, spec, out_shape, in_specs, out_specs, (b * h, n_chunks), interpret
-    )(_flat(q), _flat(positions), _flat(k), _flat(v), _flat(positions), *extras)
+        kernel,
+        out_shape,
+        [block for _, block in inputs.values()],
+        out_specs,
+        (b * h, n_chunks),
+    )(*[array for array, _ in inputs.values()])
     return out.reshape(b, h, n, d_v), (row_max.reshape(b, h, n), row_sum.reshape(b, h, n))
 
 
-def backward(spec, q, k, v, positions, key_valid, key_group, stats, d_out, d_lse, *, interpret):
+def backward(spec, q, k, v, positions, key_valid, key_group, stats, d_out, d_lse):
     """``(dq, dk, dv)`` as the XLA kernel's ``_backward``."""
     b, h, n, d = q.shape
     d_v = v.shape[-1]
     c = spec.chunk_len
-    n_chunks = n // c
-    has_valid, has_group = key_valid is not None, key_group is not None
-    extras = [x for x in (_valid_ints(key_valid), _flat(key_group)) if x is not None]
-    in_specs, chunk_rows, chunk_vector = _specs(spec, n, d, d_v, has_valid, has_group)
-    chunk_values = pl.BlockSpec((None, c, d_v), lambda i, j: (i, j, 0))
-    in_specs += [chunk_vector, chunk_vector, chunk_values, chunk_vector]
-    width = spec.n_before + spec.n_after + 1
+    inputs, this_chunk, n_chunks = _inputs(spec, q, k, v, positions, key_valid, key_group)
+    inputs["row_max"] = (_chunked(spec, stats[0], column=True), this_chunk((c, 1)))
+    inputs["row_sum"] = (_chunked(spec, stats[1], column=True), this_chunk((c, 1)))
+    inputs["d_out"] = (_chunked(spec, d_out), this_chunk((c, d_v)))
+    inputs["d_lse"] = (_chunked(spec, d_lse, column=True), this_chunk((c, 1)))
+    width = len(_offsets(spec))
     dtype = score_dtype(q.dtype)
-    out_shape = (
-        jax.ShapeDtypeStruct((b * h, n, d), dtype),
-        *[jax.ShapeDtypeStruct((b * h, n, d), dtype)] * width,
-        *[jax.ShapeDtypeStruct((b * h, n, d_v), dtype)] * width,
+    keys = jax.ShapeDtypeStruct((b * h, n_chunks, c, d), dtype)
+    values = jax.ShapeDtypeStruct((b * h, n_chunks, c, d_v), dtype)
+    out_shape = (keys, *[keys] * width, *[values] * width)
+    out_specs = (
+        this_chunk((c, d)),
+        *[this_chunk((c, d))] * width,
+        *[this_chunk((c, d_v))] * width,
     )
-    out_specs = (chunk_rows, *[chunk_rows] * width, *[chunk_values] * width)
-    kernel = functools.partial(_backward_kernel, spec, n_chunks, has_valid, has_group)
+    kernel = functools.partial(_backward_kernel, spec, n_chunks, tuple(inputs))
     d_q, *pieces = _call(
-        kernel, spec, out_shape, in_specs, out_specs, (b * h, n_chunks), interpret
-    )(
-        _flat(q),
-        _flat(positions),
-        _flat(k),
-        _flat(v),
-        _flat(positions),
-        *extras,
-        _flat(stats[0]),
-        _flat(stats[1]),
-        _flat(d_out),
-        _flat(d_lse),
-    )
+        kernel,
+        out_shape,
+        [block for _, block in inputs.values()],
+        out_specs,
+        (b * h, n_chunks),
+    )(*[array for array, _ in inputs.values()])
 
-    def gather_pieces(parts, width_out):
+    def per_key_chunk(parts):
         # Piece ``i`` of query chunk j belongs to key chunk j + offset_i: shift it there. Pieces
         # of chunks outside a non-wrapping sequence are all zeros (their scores were masked).
         total = None
         for offset, part in zip(_offsets(spec), parts, strict=True):
-            part = jnp.roll(part.reshape(b * h, n_chunks, c, width_out), offset, axis=1)
+            part = jnp.roll(part, offset, axis=1)
             total = part if total is None else total + part
-        return total.reshape(b, h, n, width_out)
+        return total
 
-    d_k = gather_pieces(pieces[:width], d)
-    d_v = gather_pieces(pieces[width:], d_v)
+    d_k = per_key_chunk(pieces[:width]).reshape(b, h, n, d)
+    d_v = per_key_chunk(pieces[width:]).reshape(b, h, n, d_v)
     return (
         d_q.reshape(q.shape).astype(q.dtype),
         d_k.astype(k.dtype),
         d_v.astype(v.dtype),
     )
-
-
-def _valid_ints(key_valid):
-    # Triton loads no booleans from memory: the mask travels as int32.
-    return None if key_valid is None else _flat(key_valid.astype(jnp.int32))

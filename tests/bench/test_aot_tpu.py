@@ -78,6 +78,35 @@ def test_tiny_config_compiles_for_a_v5e_2x2_with_fsdp(tmp_path):
     assert "all-gather" in fsdp["programs"]["train_step"]["collectives"]
 
 
+@pytest.mark.slow
+def test_the_training_step_compiles_for_a_tpu_with_the_pallas_window_kernels(tmp_path):
+    """Catches a Pallas window kernel that XLA would have to partition in the real step (the
+    per-shard map left a one-device model axis automatic, and Mosaic refuses that), or one
+    that Mosaic cannot compile at the model's shapes; and a model axis of several devices that
+    is not refused with the settings that work."""
+    if reason := _libtpu_missing():
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: requirements.lock pins it, so CI must have it")
+        pytest.skip(reason)
+    pallas = [
+        "--config.model.window_implementation=pallas",
+        "--config.model.d_head=16",
+        "--config.model.lsh_chunk_len=16",
+        "--config.model.local_chunk_len=16",
+        "--config.model.axial_shape=8,8",
+        "--config.seq_len=64",
+        "--config.data.settings.seq_len=64",
+    ]
+    base = ["--config", str(ROOT / "configs" / "tiny.py"), "--topology", "v5e:2x2", *pallas]
+    done = _run(tmp_path, *base, "--mesh", "4,1", "--json", str(tmp_path / "aot.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (report,) = json.loads((tmp_path / "aot.json").read_text())
+    assert set(report["programs"]) == {"train_step", "prefill", "decode_step"}
+    done = _run(tmp_path, *base, "--mesh", "2,2", "--decode=false")
+    assert done.returncode != 0
+    assert "mesh axis 'model' (2 devices)" in done.stdout + done.stderr
+
+
 def test_hlo_analysis_multiplies_loop_bodies_by_their_trip_count():
     """Catches the undercount of XLA's cost analysis (a loop body counted once although the
     trip count is known), and a collective inside a loop counted once."""

@@ -136,7 +136,7 @@ def validate_window_implementation(
     cfg: ReformerConfig, used: bool, fail: Fail, chunk_field: str, dropout_field: str
 ) -> None:
     """What ``window_implementation="pallas"`` needs of a kind that attends through the window
-    kernel (LSH, local): Triton's tile sizes and no attention dropout."""
+    kernel (LSH, local): tile sizes the kernels take, and no attention dropout."""
     if not used or cfg.window_implementation != "pallas":
         return
     for name in (chunk_field, "d_head"):
@@ -145,7 +145,7 @@ def validate_window_implementation(
             fail(
                 name,
                 f"{size} is not a power of two of at least 16, which "
-                "window_implementation='pallas' needs (Triton's tiles)",
+                "window_implementation='pallas' needs (the kernels' tiles)",
                 "use e.g. 64, or window_implementation='xla'",
             )
     rate = getattr(cfg, dropout_field)
