@@ -97,9 +97,9 @@ def _offsets(spec) -> range:
 # heads), and a program's blocks are its query chunk and, one input per neighbour offset, the
 # neighbour key and value chunks (index maps wrap or clip the chunk index). So each program
 # reads only its window, which Mosaic (TPU) copies into VMEM block by block and Triton reads by
-# pointer. Per-position integers come as columns ``[.., c, 1]`` for the queries and as rows
-# ``[.., 1, c]`` for the keys: their comparison broadcasts to the ``[c, c]`` scores with no
-# transpose inside the kernel.
+# pointer. Per-position values (positions, groups, softmax statistics) are rows ``[.., 1, c]``;
+# a query chunk's become columns in registers (:func:`_column`), so that comparing them with the
+# keys' rows broadcasts to the ``[c, c]`` scores.
 
 
 def _pieces(spec, n_chunks, q, refs):
@@ -110,7 +110,7 @@ def _pieces(spec, n_chunks, q, refs):
     n_chunks = jnp.int32(n_chunks)  # a Python int would be int64 under jax_enable_x64
     dtype = q.dtype
     mask_value, self_value = mask_values(dtype)
-    q_pos = refs["q_pos"][...]  # [c, 1]
+    q_pos = _column(refs["q_pos"][...])  # [c, 1]
     pieces = []
     for offset in _offsets(spec):
         in_range = None
@@ -126,7 +126,7 @@ def _pieces(spec, n_chunks, q, refs):
         if f"k_valid{offset}" in refs:
             conditions.append(jnp.broadcast_to(refs[f"k_valid{offset}"][...] != 0, (c, c)))
         if f"k_group{offset}" in refs:
-            conditions.append(refs["q_group"][...] == refs[f"k_group{offset}"][...])
+            conditions.append(_column(refs["q_group"][...]) == refs[f"k_group{offset}"][...])
         if in_range is not None and (spec.n_before or spec.n_after):
             conditions.append(jnp.broadcast_to(in_range, (c, c)))
         allowed = functools.reduce(jnp.logical_and, conditions) if conditions else None
@@ -140,6 +140,27 @@ def _pieces(spec, n_chunks, q, refs):
             replaced = is_self if replaced is None else replaced | is_self
         pieces.append((scores, replaced, offset))
     return pieces
+
+
+def _diagonal(c):
+    rows = jax.lax.broadcasted_iota(jnp.int32, (c, c), 0)
+    return rows == jax.lax.broadcasted_iota(jnp.int32, (c, c), 1)
+
+
+def _column(row):
+    """``[1, c]`` -> ``[c, 1]``: a row kept in memory as a row (a column would be padded to 128
+    lanes in a TPU's memory, 128 times its size), turned in registers by a masked reduction,
+    which every back end lowers (Triton neither slices nor transposes vectors)."""
+    c = row.shape[-1]
+    spread = jnp.broadcast_to(row, (c, c))
+    return jnp.sum(jnp.where(_diagonal(c), spread, jnp.zeros_like(spread)), axis=1, keepdims=True)
+
+
+def _row(column):
+    """``[c, 1]`` -> ``[1, c]``, the inverse of :func:`_column`."""
+    c = column.shape[0]
+    spread = jnp.broadcast_to(column, (c, c))
+    return jnp.sum(jnp.where(_diagonal(c), spread, jnp.zeros_like(spread)), axis=0, keepdims=True)
 
 
 def _named(names, refs):
@@ -162,8 +183,8 @@ def _forward_kernel(spec, n_chunks, in_names, *refs):
         row_sum = row_sum + jnp.sum(unnormalised, axis=1, keepdims=True)
         out = out + _dot(unnormalised, refs[f"v{offset}"][...].astype(dtype), _NN)
     refs["out"][...] = (out / row_sum).astype(refs["out"].dtype)
-    refs["row_max"][...] = row_max
-    refs["row_sum"][...] = row_sum
+    refs["row_max"][...] = _row(row_max)
+    refs["row_sum"][...] = _row(row_sum)
 
 
 def _backward_kernel(spec, n_chunks, in_names, *refs):
@@ -174,7 +195,7 @@ def _backward_kernel(spec, n_chunks, in_names, *refs):
     dtype = score_dtype(refs["q"].dtype)
     q = refs["q"][...].astype(dtype)
     pieces = _pieces(spec, n_chunks, q, refs)
-    row_max, row_sum = refs["row_max"][...], refs["row_sum"][...]  # [c, 1]
+    row_max, row_sum = _column(refs["row_max"][...]), _column(refs["row_sum"][...])  # [c, 1]
     d_out = refs["d_out"][...].astype(dtype)
     probs, d_probs = [], []
     row_dot = jnp.zeros(row_max.shape, dtype)
@@ -184,7 +205,7 @@ def _backward_kernel(spec, n_chunks, in_names, *refs):
         row_dot = row_dot + jnp.sum(dp * p, axis=1, keepdims=True)
         probs.append(p)
         d_probs.append(dp)
-    d_lse = refs["d_lse"][...].astype(dtype)
+    d_lse = _column(refs["d_lse"][...]).astype(dtype)
     d_q = jnp.zeros(refs["dq"].shape, dtype)
     for i, (_, replaced, offset) in enumerate(pieces):
         # Softmax backward; the lse output adds d_lse * probs (d lse / d score = prob).
@@ -200,13 +221,11 @@ def _backward_kernel(spec, n_chunks, in_names, *refs):
     refs["dq"][...] = d_q.astype(refs["dq"].dtype)
 
 
-def _chunked(spec, x, *, column: bool = False, row: bool = False):
-    """``[b, h, n, ...]`` -> ``[b * h, n_chunks, c, ...]``; per-position arrays ``[b, h, n]`` as
-    columns ``[.., c, 1]`` or rows ``[.., 1, c]``."""
+def _chunked(spec, x, *, row: bool = False):
+    """``[b, h, n, ...]`` -> ``[b * h, n_chunks, c, ...]``; per-position arrays ``[b, h, n]``
+    (``row``) as rows ``[b * h, n_chunks, 1, c]``."""
     b, h, n = x.shape[:3]
     c = spec.chunk_len
-    if column:
-        return x.reshape(b * h, n // c, c, 1)
     if row:
         return x.reshape(b * h, n // c, 1, c)
     return x.reshape(b * h, n // c, c, *x.shape[3:])
@@ -235,7 +254,7 @@ def _inputs(spec, q, k, v, positions, key_valid, key_group):
 
     inputs = {
         "q": (_chunked(spec, q), this_chunk((c, q.shape[-1]))),
-        "q_pos": (_chunked(spec, positions, column=True), this_chunk((c, 1))),
+        "q_pos": (_chunked(spec, positions, row=True), this_chunk((1, c))),
     }
     rows = {
         "k": _chunked(spec, k),
@@ -247,7 +266,7 @@ def _inputs(spec, q, k, v, positions, key_valid, key_group):
         rows["k_valid"] = _chunked(spec, key_valid.astype(jnp.int32), row=True)
     if key_group is not None:
         group = key_group.astype(jnp.int32)
-        inputs["q_group"] = (_chunked(spec, group, column=True), this_chunk((c, 1)))
+        inputs["q_group"] = (_chunked(spec, group, row=True), this_chunk((1, c)))
         rows["k_group"] = _chunked(spec, group, row=True)
     for offset in _offsets(spec):
         for name, array in rows.items():
@@ -289,9 +308,9 @@ def forward(spec, q, k, v, positions, key_valid, key_group):
     c = spec.chunk_len
     inputs, this_chunk, n_chunks = _inputs(spec, q, k, v, positions, key_valid, key_group)
     stats_dtype = score_dtype(q.dtype)
-    stats = jax.ShapeDtypeStruct((b * h, n_chunks, c, 1), stats_dtype)
+    stats = jax.ShapeDtypeStruct((b * h, n_chunks, 1, c), stats_dtype)
     out_shape = (jax.ShapeDtypeStruct((b * h, n_chunks, c, d_v), v.dtype), stats, stats)
-    out_specs = (this_chunk((c, d_v)), this_chunk((c, 1)), this_chunk((c, 1)))
+    out_specs = (this_chunk((c, d_v)), this_chunk((1, c)), this_chunk((1, c)))
     kernel = functools.partial(_forward_kernel, spec, n_chunks, tuple(inputs))
     out, row_max, row_sum = _call(
         kernel,
@@ -309,10 +328,10 @@ def backward(spec, q, k, v, positions, key_valid, key_group, stats, d_out, d_lse
     d_v = v.shape[-1]
     c = spec.chunk_len
     inputs, this_chunk, n_chunks = _inputs(spec, q, k, v, positions, key_valid, key_group)
-    inputs["row_max"] = (_chunked(spec, stats[0], column=True), this_chunk((c, 1)))
-    inputs["row_sum"] = (_chunked(spec, stats[1], column=True), this_chunk((c, 1)))
+    inputs["row_max"] = (_chunked(spec, stats[0], row=True), this_chunk((1, c)))
+    inputs["row_sum"] = (_chunked(spec, stats[1], row=True), this_chunk((1, c)))
     inputs["d_out"] = (_chunked(spec, d_out), this_chunk((c, d_v)))
-    inputs["d_lse"] = (_chunked(spec, d_lse, column=True), this_chunk((c, 1)))
+    inputs["d_lse"] = (_chunked(spec, d_lse, row=True), this_chunk((1, c)))
     width = len(_offsets(spec))
     dtype = score_dtype(q.dtype)
     keys = jax.ShapeDtypeStruct((b * h, n_chunks, c, d), dtype)
