@@ -28,6 +28,21 @@ def tiny_config(**overrides) -> ReformerConfig:
     return ReformerConfig(**{**TINY, "n_layers": 2, **overrides})
 
 
+def tiny_window_config(window_implementation: str, **overrides) -> ReformerConfig:
+    """A float64 LSH + local model whose sizes the Pallas window kernels take (tiles of 16)."""
+    return tiny_config(
+        attention_pattern=("lsh", "local"),
+        d_head=16,
+        lsh_chunk_len=16,
+        local_chunk_len=16,
+        axial_shape=(8, 8),
+        dtype="float64",
+        param_dtype="float64",
+        window_implementation=window_implementation,
+        **overrides,
+    )
+
+
 def loss_and_grads(model: ReformerLM, tokens, dropout_rng=None, **kwargs):
     graphdef, state = nnx.split(model)
 

@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from reformer_jax import sharding as shd
 from reformer_jax.model import ReformerLM, lm_loss
-from tests.model_utils import random_tokens, tiny_config
+from tests.model_utils import random_tokens, tiny_config, tiny_window_config
 
 
 def test_mesh_shapes():
@@ -108,6 +108,16 @@ def _sharded_loss_and_grads(cfg, tokens, mesh_shape, mask=None):
         return fn(state, tokens, mask)
 
 
+def _assert_mesh_matches_one_device(cfg, tokens, mesh_shape, mask=None):
+    """Loss and gradients on ``mesh_shape`` equal one device's (float64: only the order of the
+    sums differs)."""
+    one_loss, one_grads = _sharded_loss_and_grads(cfg, tokens, None, mask)
+    loss, grads = _sharded_loss_and_grads(cfg, tokens, mesh_shape, mask)
+    np.testing.assert_allclose(loss, one_loss, rtol=1e-10)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(one_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
 @pytest.mark.slow  # ~20-25 s each on 2 shared cores
 @pytest.mark.parametrize("residual", ["reversible", "standard"])
 def test_constrained_model_has_one_devices_loss_and_gradients(x64, residual):
@@ -130,11 +140,7 @@ def test_constrained_model_has_one_devices_loss_and_gradients(x64, residual):
     tokens = random_tokens(cfg, (8, 32))
     mask = np.ones((8, 32), bool)
     mask[:, 27:] = False  # padded tails: the mask must travel with its rows
-    one_loss, one_grads = _sharded_loss_and_grads(cfg, tokens, None, mask)
-    loss, grads = _sharded_loss_and_grads(cfg, tokens, (2, 2, 2), mask)
-    np.testing.assert_allclose(loss, one_loss, rtol=1e-10)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(one_grads), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+    _assert_mesh_matches_one_device(cfg, tokens, (2, 2, 2), mask)
 
 
 def test_per_batch_shard_is_wholly_manual_when_the_model_axis_has_one_device():
@@ -162,22 +168,9 @@ def test_pallas_window_kernels_train_on_a_data_parallel_mesh_and_refuse_a_model_
     """Catches the Pallas kernels outside the per-shard map (wrong rows per shard), and a model
     axis of several devices reaching them, which XLA cannot partition (on a TPU, a Mosaic
     lowering error): refused with the mesh settings that work."""
-    cfg = tiny_config(
-        attention_pattern=("lsh", "local"),
-        d_head=16,
-        lsh_chunk_len=16,
-        local_chunk_len=16,
-        axial_shape=(8, 8),
-        dtype="float64",
-        param_dtype="float64",
-        window_implementation="pallas",
-    )
+    cfg = tiny_window_config("pallas")
     tokens = random_tokens(cfg, (8, 64))
-    one_loss, one_grads = _sharded_loss_and_grads(cfg, tokens, None)
-    loss, grads = _sharded_loss_and_grads(cfg, tokens, (4, 2, 1))
-    np.testing.assert_allclose(loss, one_loss, rtol=1e-10)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(one_grads), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+    _assert_mesh_matches_one_device(cfg, tokens, (4, 2, 1))
     with pytest.raises(
         ValueError, match="mesh axis 'model' \\(2 devices\\).*window_implementation='xla'"
     ):
@@ -324,8 +317,4 @@ def test_causal_performer_trains_on_a_mesh_like_one_device(x64):
         param_dtype="float64",
     )
     tokens = random_tokens(cfg, (8, 32))
-    one_loss, one_grads = _sharded_loss_and_grads(cfg, tokens, None)
-    loss, grads = _sharded_loss_and_grads(cfg, tokens, (2, 2, 2))
-    np.testing.assert_allclose(loss, one_loss, rtol=1e-10)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(one_grads), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+    _assert_mesh_matches_one_device(cfg, tokens, (2, 2, 2))

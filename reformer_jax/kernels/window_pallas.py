@@ -274,10 +274,12 @@ def _inputs(spec, q, k, v, positions, key_valid, key_group):
     return inputs, this_chunk, n_chunks
 
 
-def _call(kernel, out_shape, in_specs, out_specs, grid):
-    """The ``pallas_call``: Triton's on GPUs, Mosaic's on TPUs, the interpreter elsewhere (CPU),
-    chosen when the program is lowered for its platform (so a CPU host compiling ahead of time
-    for a TPU topology gets Mosaic's kernel)."""
+def _call(kernel, inputs, out_shape, out_specs, grid):
+    """Runs the ``pallas_call`` on ``inputs`` (name -> (array, block spec)): Triton's on GPUs,
+    Mosaic's on TPUs, the interpreter elsewhere (CPU), chosen when the program is lowered for
+    its platform (so a CPU host compiling ahead of time for a TPU topology gets Mosaic's
+    kernel)."""
+    in_specs = [block for _, block in inputs.values()]
 
     def call(compiler_params=None, interpret=False):
         return pl.pallas_call(
@@ -296,8 +298,12 @@ def _call(kernel, out_shape, in_specs, out_specs, grid):
 
     gpu = call(pl_triton.CompilerParams(num_warps=4, num_stages=1))
     tpu = call(pl_tpu.CompilerParams(dimension_semantics=("parallel", "parallel")))
-    return lambda *args: jax.lax.platform_dependent(
-        *args, cuda=gpu, rocm=gpu, tpu=tpu, default=call(interpret=True)
+    return jax.lax.platform_dependent(
+        *[array for array, _ in inputs.values()],
+        cuda=gpu,
+        rocm=gpu,
+        tpu=tpu,
+        default=call(interpret=True),
     )
 
 
@@ -312,13 +318,7 @@ def forward(spec, q, k, v, positions, key_valid, key_group):
     out_shape = (jax.ShapeDtypeStruct((b * h, n_chunks, c, d_v), v.dtype), stats, stats)
     out_specs = (this_chunk((c, d_v)), this_chunk((1, c)), this_chunk((1, c)))
     kernel = functools.partial(_forward_kernel, spec, n_chunks, tuple(inputs))
-    out, row_max, row_sum = _call(
-        kernel,
-        out_shape,
-        [block for _, block in inputs.values()],
-        out_specs,
-        (b * h, n_chunks),
-    )(*[array for array, _ in inputs.values()])
+    out, row_max, row_sum = _call(kernel, inputs, out_shape, out_specs, (b * h, n_chunks))
     return out.reshape(b, h, n, d_v), (row_max.reshape(b, h, n), row_sum.reshape(b, h, n))
 
 
@@ -343,13 +343,7 @@ def backward(spec, q, k, v, positions, key_valid, key_group, stats, d_out, d_lse
         *[this_chunk((c, d_v))] * width,
     )
     kernel = functools.partial(_backward_kernel, spec, n_chunks, tuple(inputs))
-    d_q, *pieces = _call(
-        kernel,
-        out_shape,
-        [block for _, block in inputs.values()],
-        out_specs,
-        (b * h, n_chunks),
-    )(*[array for array, _ in inputs.values()])
+    d_q, *pieces = _call(kernel, inputs, out_shape, out_specs, (b * h, n_chunks))
 
     def per_key_chunk(parts):
         # Piece ``i`` of query chunk j belongs to key chunk j + offset_i: shift it there. Pieces

@@ -349,21 +349,11 @@ def test_window_implementation_reaches_lsh_and_local_layers(x64):
     # Pallas one would be untested in a model), and a Pallas kernel that breaks the reversible
     # stack's replayed backward: the model's loss and every gradient must match the XLA
     # kernel's in float64, through both kinds.
-    from tests.model_utils import loss_and_grads, random_tokens
+    from tests.model_utils import loss_and_grads, random_tokens, tiny_window_config
 
     results = {}
     for implementation in ("xla", "pallas"):
-        cfg = tiny_config(
-            attention_pattern=("lsh", "local"),
-            d_head=16,
-            lsh_chunk_len=16,
-            local_chunk_len=16,
-            hash_seed=0,
-            axial_shape=(8, 8),
-            dtype="float64",
-            param_dtype="float64",
-            window_implementation=implementation,
-        )
+        cfg = tiny_window_config(implementation, hash_seed=0)
         model = ReformerLM(cfg, rngs=nnx.Rngs(0))
         tokens = random_tokens(cfg, (2, 64))
         results[implementation] = loss_and_grads(model, tokens)
