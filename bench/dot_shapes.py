@@ -372,19 +372,14 @@ def from_json(payload: dict) -> tuple[dict[Products, StepDots], dict[DotShape, d
 
 def from_profile(directory: pathlib.Path) -> dict[Products, StepDots]:
     """The step's products from a ``bench.profile_step --out`` directory (HLO and trace)."""
-    import gzip
-
     from bench import profile_step
 
     hlo = directory / "step.hlo.txt"
-    traces = sorted((directory / "trace").rglob("*perfetto_trace.json.gz"))
-    if not hlo.is_file() or not traces:
+    if not hlo.is_file():
         raise SystemExit(
-            f"{directory} has no step.hlo.txt and trace: run python -m bench.profile_step "
-            f"--out {directory} first"
+            f"{directory} has no step.hlo.txt: run python -m bench.profile_step --out {directory}"
         )
-    payload = json.loads(gzip.open(traces[-1]).read())
-    events = payload["traceEvents"] if isinstance(payload, dict) else payload
+    events = profile_step.trace_events(directory)
     timed = profile_step.attributed_seconds(profile_step.op_events(events))
     return step_dots(timed, roofline.Module.parse(hlo.read_text()))
 

@@ -153,6 +153,18 @@ def markdown(seconds: dict[str, float], step_s: float) -> str:
     return "\n".join(lines)
 
 
+def trace_events(out: pathlib.Path) -> list[dict]:
+    """The events of the newest perfetto trace this tool left under ``out`` (its ``--out``)."""
+    traces = sorted((out / "trace").rglob("*perfetto_trace.json.gz"))
+    if not traces:
+        raise SystemExit(
+            f"no perfetto trace under {out / 'trace'}: run python -m bench.profile_step "
+            f"--out {out} (did jax.profiler run?)"
+        )
+    payload = json.loads(gzip.open(traces[-1]).read())
+    return payload["traceEvents"] if isinstance(payload, dict) else payload
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -172,11 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     result = train_step.main(
         [*step_args, "--steps", "1", "--profile", str(out / "trace"), "--hlo-out", str(hlo)]
     )
-    traces = sorted((out / "trace").rglob("*perfetto_trace.json.gz"))
-    if not traces:
-        raise SystemExit(f"no perfetto trace under {out / 'trace'}: did jax.profiler run?")
-    payload = json.loads(gzip.open(traces[-1]).read())
-    events = payload["traceEvents"] if isinstance(payload, dict) else payload
+    events = trace_events(out)
     hlo_text = hlo.read_text()
     names = op_names(hlo_text)
     seconds = summarise(events, names)

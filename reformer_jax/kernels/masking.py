@@ -8,6 +8,7 @@ score dtype for callers that keep scores in half precision.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -32,6 +33,38 @@ def mask_values(dtype: jnp.dtype) -> tuple[float, float]:
         return _MASK_VALUES[np.dtype(dtype)]
     except KeyError:
         raise ValueError(f"no mask values for scores of dtype {dtype}; use a float dtype") from None
+
+
+def mask_scores(
+    scores: jax.Array,
+    *,
+    q_pos: jax.Array,
+    k_pos: jax.Array,
+    causal: bool,
+    exclude_self: bool,
+    allowed: tuple[jax.Array, ...] = (),
+) -> tuple[jax.Array, jax.Array | None]:
+    """The chunked kernels' masking of one block of scores, by replacement.
+
+    ``q_pos`` and ``k_pos`` broadcast against ``scores`` (original positions of the queries and
+    keys); ``allowed`` are further boolean masks that broadcast too (valid keys, same bucket,
+    key chunk inside the sequence). A key after the query (``causal``) or not allowed gets the
+    mask score; the query's own position gets the self score (``exclude_self``), which wins
+    only when nothing else is allowed. Returns ``(scores, replaced)``: the mask of replaced
+    entries (None when nothing can be), whose gradient the backward pass zeroes.
+    """
+    conditions = ((k_pos <= q_pos,) if causal else ()) + tuple(allowed)
+    mask_value, self_value = mask_values(scores.dtype)
+    replaced = None
+    if conditions:
+        permitted = functools.reduce(jnp.logical_and, conditions)
+        scores = jnp.where(permitted, scores, mask_value)
+        replaced = ~permitted
+    if exclude_self:
+        is_self = q_pos == k_pos
+        scores = jnp.where(is_self, self_value, scores)
+        replaced = is_self if replaced is None else replaced | is_self
+    return scores, replaced
 
 
 def score_dtype(dtype: jnp.dtype) -> jnp.dtype:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reformer_jax.kernels import window_pallas
-from reformer_jax.kernels.masking import mask_values, score_dtype
+from reformer_jax.kernels.masking import mask_scores, score_dtype
 
 # Queries per loop iteration: large enough to amortise the loop, small enough that the block's
 # score-sized temporaries (queries x window floats each) stay in the per-core cache.
@@ -269,33 +269,26 @@ def _block_scores(spec: WindowSpec, blk, n_chunks: int):
     scores = scores * jnp.asarray(spec.scale, dtype)
     q_pos = blk["pos"][:, :, None]
     k_pos = _windows(spec, blk["pos"], blk["pos_halo"])[:, None, :]
-    allowed = None
-
-    def both(mask):
-        return mask if allowed is None else allowed & mask
-
-    if spec.causal:
-        allowed = both(k_pos <= q_pos)
+    allowed = []
     if "valid" in blk:
-        allowed = both(_windows(spec, blk["valid"], blk["valid_halo"])[:, None, :])
+        allowed.append(_windows(spec, blk["valid"], blk["valid_halo"])[:, None, :])
     if "group" in blk:
         k_group = _windows(spec, blk["group"], blk["group_halo"])[:, None, :]
-        allowed = both(blk["group"][:, :, None] == k_group)
+        allowed.append(blk["group"][:, :, None] == k_group)
     if not spec.wrap and (spec.n_before or spec.n_after):
         bc, c = spec.block_chunks, spec.chunk_len
         chunk = blk["block"] * bc + np.arange(bc)[:, None]
         offsets = np.repeat(np.arange(-spec.n_before, spec.n_after + 1), c)[None, :]
         key_chunk = chunk + offsets
-        allowed = both(((key_chunk >= 0) & (key_chunk < n_chunks))[:, None, :])
-    mask_value, self_value = mask_values(dtype)
-    replaced = None if allowed is None else ~allowed
-    if allowed is not None:
-        scores = jnp.where(allowed, scores, mask_value)
-    if spec.exclude_self:
-        is_self = q_pos == k_pos
-        scores = jnp.where(is_self, self_value, scores)
-        replaced = is_self if replaced is None else replaced | is_self
-    return scores, replaced
+        allowed.append(((key_chunk >= 0) & (key_chunk < n_chunks))[:, None, :])
+    return mask_scores(
+        scores,
+        q_pos=q_pos,
+        k_pos=k_pos,
+        causal=spec.causal,
+        exclude_self=spec.exclude_self,
+        allowed=tuple(allowed),
+    )
 
 
 def _keep_mask(spec: WindowSpec, key: jax.Array | None, step: jax.Array, shape):

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from reformer_jax.kernels.masking import mask_values, score_dtype
+from reformer_jax.kernels.masking import mask_scores, score_dtype
 
 _TRANSPOSE_LHS = (((0,), (0,)), ((), ()))  # a^T b: contract both operands' rows
 _NT = (((1,), (1,)), ((), ()))  # a b^T: contract both operands' columns
@@ -49,11 +49,17 @@ def _dot(a, b, dims):
     return jax.lax.dot_general(a, b, dims, preferred_element_type=a.dtype)
 
 
+def is_tile_size(size: int) -> bool:
+    """Whether the kernels take ``size`` as a chunk length or head width: a power of two of at
+    least 16 (Triton's dot and Mosaic's tiles)."""
+    return size >= 16 and not size & (size - 1)
+
+
 def check_supported(chunk_len: int, d_head: int, d_v: int, dropout_rate: float) -> None:
     """Raises ValueError naming what the Pallas kernels cannot do, and the way round it."""
     problems = []
     for name, size in (("chunk_len", chunk_len), ("d_head", d_head), ("d_v", d_v)):
-        if size < 16 or size & (size - 1):
+        if not is_tile_size(size):
             problems.append(f"{name} {size} is not a power of two of at least 16")
     if dropout_rate > 0:
         problems.append(f"attention dropout {dropout_rate} is not supported")
@@ -109,7 +115,6 @@ def _pieces(spec, n_chunks, q, refs):
     j = pl.program_id(1)
     n_chunks = jnp.int32(n_chunks)  # a Python int would be int64 under jax_enable_x64
     dtype = q.dtype
-    mask_value, self_value = mask_values(dtype)
     q_pos = _column(refs["q_pos"][...])  # [c, 1]
     pieces = []
     for offset in _offsets(spec):
@@ -120,24 +125,21 @@ def _pieces(spec, n_chunks, q, refs):
         k = refs[f"k{offset}"][...].astype(dtype)
         scores = _dot(q, k, _NT) * jnp.asarray(spec.scale, dtype)
         k_pos = refs[f"k_pos{offset}"][...]  # [1, c]
-        conditions = []
-        if spec.causal:
-            conditions.append(k_pos <= q_pos)
+        allowed = []
         if f"k_valid{offset}" in refs:
-            conditions.append(jnp.broadcast_to(refs[f"k_valid{offset}"][...] != 0, (c, c)))
+            allowed.append(jnp.broadcast_to(refs[f"k_valid{offset}"][...] != 0, (c, c)))
         if f"k_group{offset}" in refs:
-            conditions.append(_column(refs["q_group"][...]) == refs[f"k_group{offset}"][...])
+            allowed.append(_column(refs["q_group"][...]) == refs[f"k_group{offset}"][...])
         if in_range is not None and (spec.n_before or spec.n_after):
-            conditions.append(jnp.broadcast_to(in_range, (c, c)))
-        allowed = functools.reduce(jnp.logical_and, conditions) if conditions else None
-        replaced = None
-        if allowed is not None:
-            scores = jnp.where(allowed, scores, mask_value)
-            replaced = ~allowed
-        if spec.exclude_self:
-            is_self = q_pos == k_pos
-            scores = jnp.where(is_self, self_value, scores)
-            replaced = is_self if replaced is None else replaced | is_self
+            allowed.append(jnp.broadcast_to(in_range, (c, c)))
+        scores, replaced = mask_scores(
+            scores,
+            q_pos=q_pos,
+            k_pos=k_pos,
+            causal=spec.causal,
+            exclude_self=spec.exclude_self,
+            allowed=tuple(allowed),
+        )
         pieces.append((scores, replaced, offset))
     return pieces
 

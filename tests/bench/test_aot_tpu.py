@@ -12,14 +12,9 @@ import sys
 
 import pytest
 
+from tests.helpers import require_libtpu
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _libtpu_missing() -> str | None:
-    probe = subprocess.run(
-        [sys.executable, "-c", "import libtpu"], capture_output=True, text=True, timeout=120
-    )
-    return None if probe.returncode == 0 else "libtpu cannot be imported (pip install libtpu)"
 
 
 def _run(tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -40,12 +35,7 @@ def test_tiny_config_compiles_for_a_v5e_2x2_with_fsdp(tmp_path):
     """Catches a TPU path that does not compile (a CPU-only op, an unshardable input), a mesh
     not laid over the topology's chips, FSDP that leaves parameters whole on every chip, and
     a FLOP count that misses the layers inside the scanned stack."""
-    if reason := _libtpu_missing():
-        # libtpu is pinned in requirements.lock, so CI must prove the TPU path compiles: a
-        # missing install fails there; elsewhere (an environment without the test extra) skip.
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: requirements.lock pins it, so CI must have it")
-        pytest.skip(reason)
+    require_libtpu()
     out = tmp_path / "aot.json"
     base = ["--config", str(ROOT / "configs" / "tiny.py"), "--topology", "v5e:2x2"]
     done = _run(tmp_path, *base, "--mesh", "2,2", "--json", str(out))
@@ -84,10 +74,7 @@ def test_the_training_step_compiles_for_a_tpu_with_the_pallas_window_kernels(tmp
     per-shard map left a one-device model axis automatic, and Mosaic refuses that), or one
     that Mosaic cannot compile at the model's shapes; and a model axis of several devices that
     is not refused with the settings that work."""
-    if reason := _libtpu_missing():
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: requirements.lock pins it, so CI must have it")
-        pytest.skip(reason)
+    require_libtpu()
     pallas = [
         "--config.model.window_implementation=pallas",
         "--config.model.d_head=16",

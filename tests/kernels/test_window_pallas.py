@@ -15,6 +15,7 @@ from jax import export
 
 from reformer_jax.kernels import window, window_pallas
 from reformer_jax.kernels.window import WindowSpec, window_attention
+from tests.helpers import require_libtpu
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -32,6 +33,17 @@ LAYOUTS = {
         causal=False, exclude_self=True, group=True, valid=False, wrap=True, nb=2, na=1
     ),
 }
+
+
+def _window(layout) -> dict:
+    """The window settings of a layout, as ``window_attention`` and ``WindowSpec`` name them."""
+    return dict(
+        n_before=layout["nb"],
+        n_after=layout["na"],
+        wrap=layout["wrap"],
+        causal=layout["causal"],
+        exclude_self=layout["exclude_self"],
+    )
 
 
 def _attention_and_grads(
@@ -56,15 +68,11 @@ def _attention_and_grads(
             v,
             positions,
             chunk_len=c,
-            n_before=layout["nb"],
-            n_after=layout["na"],
-            wrap=layout["wrap"],
-            causal=layout["causal"],
-            exclude_self=layout["exclude_self"],
             scale=0.7,
             key_valid=key_valid,
             key_group=key_group,
             implementation=implementation,
+            **_window(layout),
         )
         # Weights that differ per feature and a nonlinear function of lse, so that every
         # cotangent (d_out and d_lse) is exercised.
@@ -112,15 +120,11 @@ def test_the_kernels_lower_for_gpus(layout, dtype):
     L = LAYOUTS[layout]
     spec = WindowSpec(
         chunk_len=64,
-        n_before=L["nb"],
-        n_after=L["na"],
-        wrap=L["wrap"],
-        causal=L["causal"],
-        exclude_self=L["exclude_self"],
         scale=0.125,
         dropout_rate=0.0,
         block_chunks=32,
         implementation="pallas",
+        **_window(L),
     )
     shape = jax.ShapeDtypeStruct
     b, h, n, d = 1, 4, 4096, 64
@@ -216,11 +220,7 @@ def test_the_kernels_compile_for_a_tpu():
     # array's dimension: a first version read positions in 64-wide 1-D blocks) and a TPU
     # program that runs the interpreter instead of the kernel (the choice is made when
     # lowering for the platform, not by the host's backend).
-    probe = subprocess.run([sys.executable, "-c", "import libtpu"], capture_output=True)
-    if probe.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail("libtpu cannot be imported: requirements.lock pins it, CI must have it")
-        pytest.skip("libtpu cannot be imported (pip install libtpu)")
+    require_libtpu()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)  # the TPU compiler rejects the tests' host-device-count flag
     done = subprocess.run(
