@@ -143,10 +143,12 @@ def test_constrained_model_has_one_devices_loss_and_gradients(x64, residual):
     _assert_mesh_matches_one_device(cfg, tokens, (2, 2, 2), mask)
 
 
-def test_per_batch_shard_is_wholly_manual_when_the_model_axis_has_one_device():
-    """Catches a shard map that leaves a one-device model axis to XLA: kernels XLA cannot
-    partition (the Pallas window kernels are custom calls) then fail to compile on a data- or
-    FSDP-parallel mesh. With heads on a real model axis, that axis must stay with XLA."""
+def test_per_batch_shard_is_wholly_manual_only_for_unpartitionable_kernels():
+    """Catches a shard map that leaves a one-device model axis to XLA around a kernel XLA
+    cannot partition (the Pallas window kernels are custom calls: they then fail to compile on
+    a data- or FSDP-parallel mesh), and one that makes every kernel's mesh manual, which
+    changes what the XLA kernels compile to (the TPU scaled_1b step: 0.4 GiB more
+    temporaries). With heads on a real model axis, that axis stays with XLA."""
     seen = {}
 
     def record(batched, shared, key):
@@ -156,10 +158,16 @@ def test_per_batch_shard_is_wholly_manual_when_the_model_axis_has_one_device():
 
     x = jax.numpy.ones((8, 4))
     manual, auto = jax.sharding.AxisType.Manual, jax.sharding.AxisType.Auto
-    for mesh_shape, model_type in (((4, 2, 1), manual), ((4, 2), auto)):
+    for mesh_shape, partitionable, model_type in (
+        ((4, 2, 1), True, auto),
+        ((4, 2, 1), False, manual),
+        ((4, 2), False, auto),
+    ):
         seen.clear()
         with jax.set_mesh(shd.make_mesh(mesh_shape)):
-            jax.jit(lambda x: shd.per_batch_shard(record, (x,), None))(x)
+            jax.jit(
+                lambda x, p=partitionable: shd.per_batch_shard(record, (x,), None, partitionable=p)
+            )(x)
         assert seen == {"data": manual, "fsdp": manual, "model": model_type}, mesh_shape
 
 

@@ -96,6 +96,7 @@ def prefill_impl(model, prompts, lengths, draws: tuple, spec: DecodeSpec):
                 kernel,
                 (q, k, v, lengths),
                 (group_draws[p], attn.extra_params(model.shared_values(attn.kind))),
+                partitionable=attn.kind.partitionable(cfg),
             )
             x1 = shd.constrain_batch(x1 + attn.merge_heads(out).astype(x1.dtype))
             x2 = shd.constrain_batch(x2 + ff(x1))

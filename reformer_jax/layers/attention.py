@@ -228,7 +228,11 @@ class SelfAttention(nnx.Module):
         # On a mesh, each batch shard runs the kernel on its own rows (the kernels' loops
         # would otherwise gather every row onto every chip); outside one, a plain call.
         out, replay = shd.per_batch_shard(
-            kernel, (q, k, v, mask, replay), (draws, self.extra_params(shared)), attn_key
+            kernel,
+            (q, k, v, mask, replay),
+            (draws, self.extra_params(shared)),
+            attn_key,
+            partitionable=self.kind.partitionable(self.cfg),
         )
         y = shd.constrain_batch(self.merge_heads(out))
         if hidden_key is not None and self.cfg.hidden_dropout > 0:

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 
+from reformer_jax.kernels import window_pallas
+
 if TYPE_CHECKING:
     from reformer_jax.config import ReformerConfig
     from reformer_jax.decoding.spec import DecodeSpec
@@ -87,6 +89,11 @@ class AttentionKind:
         """
         raise NotImplementedError
 
+    def partitionable(self, cfg: ReformerConfig) -> bool:
+        """Whether XLA can partition the kernel over mesh axes left to it (False for custom
+        calls, e.g. Pallas kernels: the layers then run it on a wholly manual mesh)."""
+        return True
+
     # -- decoding --------------------------------------------------------------------------------
     def decode_check(self, cfg: ReformerConfig, cached: bool) -> None:
         """Raises ``ValueError`` (saying why, and what to do) if this kind cannot decode left to
@@ -132,6 +139,11 @@ class AttentionKind:
         raise NotImplementedError
 
 
+def window_partitionable(cfg: ReformerConfig) -> bool:
+    """:meth:`AttentionKind.partitionable` of the kinds that attend through the window kernel."""
+    return cfg.window_implementation != "pallas"
+
+
 def validate_window_implementation(
     cfg: ReformerConfig, used: bool, fail: Fail, chunk_field: str, dropout_field: str
 ) -> None:
@@ -141,7 +153,7 @@ def validate_window_implementation(
         return
     for name in (chunk_field, "d_head"):
         size = getattr(cfg, name)
-        if size < 16 or size & (size - 1):
+        if not window_pallas.is_tile_size(size):
             fail(
                 name,
                 f"{size} is not a power of two of at least 16, which "

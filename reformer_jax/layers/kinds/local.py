@@ -7,7 +7,11 @@ from typing import ClassVar
 
 from reformer_jax import kernels
 from reformer_jax.decoding import local as local_cache
-from reformer_jax.layers.kinds.base import AttentionKind, validate_window_implementation
+from reformer_jax.layers.kinds.base import (
+    AttentionKind,
+    validate_window_implementation,
+    window_partitionable,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +23,9 @@ class Local(AttentionKind):
 
     def validate(self, cfg, used: bool, fail) -> None:
         validate_window_implementation(cfg, used, fail, "local_chunk_len", "local_dropout")
+
+    def partitionable(self, cfg) -> bool:
+        return window_partitionable(cfg)
 
     def attend(self, cfg, q, k, v, *, mask, dropout_key, draws=None, replay=None, params=None):
         out = kernels.local_attention(

@@ -10,7 +10,12 @@ import jax
 
 from reformer_jax import kernels
 from reformer_jax.decoding import lsh as lsh_cache
-from reformer_jax.layers.kinds.base import AttentionKind, Fail, validate_window_implementation
+from reformer_jax.layers.kinds.base import (
+    AttentionKind,
+    Fail,
+    validate_window_implementation,
+    window_partitionable,
+)
 
 if TYPE_CHECKING:
     from reformer_jax.config import ReformerConfig
@@ -61,6 +66,9 @@ class LSH(AttentionKind):
                 f"{nb!r} has an odd or < 2 bucket count",
                 "use an even number (or a list of even factors), or None for automatic",
             )
+
+    def partitionable(self, cfg) -> bool:
+        return window_partitionable(cfg)
 
     def draw(self, cfg: ReformerConfig, key: jax.Array, length: int) -> jax.Array | None:
         if length < cfg.full_attention_below:
