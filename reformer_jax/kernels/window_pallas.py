@@ -76,7 +76,7 @@ def check_unpartitioned() -> None:
     custom calls): inside a mesh (``jax.set_mesh``) with an automatic axis of several devices.
     The layers run the attention kernels per batch shard (:func:`reformer_jax.sharding.
     per_batch_shard`), which makes the batch axes manual, and the whole mesh when its other
-    axes have one device."""
+    axes have one device and the kind says its kernel is not partitionable."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return
